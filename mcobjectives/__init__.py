@@ -1,0 +1,48 @@
+"""Monte Carlo variational objectives for TensorFlow Probability.
+
+Every objective turns q(z|x) (a TFP distribution) and log p(x, z) into a surrogate
+loss whose value is the negative bound and whose gradients are the objective's
+estimators for the model and inference networks.
+"""
+
+from mcobjectives import sampling, weights
+from mcobjectives.base import Coefficients, Gradients, LogJoint, MCObjective, ObjectiveResult
+from mcobjectives.dreg import STL, DReG
+from mcobjectives.evaluation import log_marginal_estimate
+from mcobjectives.iwae import CIWAE, IWAE, MIWAE, PIWAE, VAE
+from mcobjectives.jvi import JVI
+from mcobjectives.model import make_log_joint
+from mcobjectives.rws import RWS
+from mcobjectives.weights import (
+    effective_sample_size,
+    leave_one_out_logsumexp,
+    log_mean_exp,
+    normalized_weights,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CIWAE",
+    "DReG",
+    "IWAE",
+    "JVI",
+    "MIWAE",
+    "PIWAE",
+    "RWS",
+    "STL",
+    "VAE",
+    "Coefficients",
+    "Gradients",
+    "LogJoint",
+    "MCObjective",
+    "ObjectiveResult",
+    "effective_sample_size",
+    "leave_one_out_logsumexp",
+    "log_marginal_estimate",
+    "log_mean_exp",
+    "make_log_joint",
+    "normalized_weights",
+    "sampling",
+    "weights",
+]

@@ -1,0 +1,74 @@
+"""Path-derivative estimators of the inference gradient: STL and DReG(alpha).
+
+References:
+  [1] Roeder, Wu, Duvenaud. Sticking the Landing. NeurIPS 2017.
+  [2] Tucker, Lawson, Gu, Maddison. Doubly Reparameterized Gradient Estimators for
+      Monte Carlo Objectives. ICLR 2019, eqs. 7, 9, 10 and appendix 8.3 eqs. 12-16.
+"""
+
+from __future__ import annotations
+
+from mcobjectives import _checks
+from mcobjectives.base import _SPLIT, Coefficients, MCObjective
+from mcobjectives.weights import log_mean_exp, normalized_weights
+
+__all__ = ["DReG", "STL"]
+
+
+class STL(MCObjective):
+    """Sticking the landing [1] for the IWAE bound: drops the score term.
+
+    value:            L_K (reported)
+    model gradient:   sum_k w~_k d log p(x, z_k), as IWAE
+    inference grad.:  sum_k w~_k * (d log w_k / d z_k)(d z_k / d phi), q held fixed
+                      inside log q. Biased for K > 1 ([2] section 3); exactly zero
+                      when q is the true posterior.
+
+    Args:
+      num_samples: K >= 1.
+    """
+
+    _gradient = _SPLIT
+
+    def __init__(self, num_samples: int, name: str | None = None):
+        super().__init__(_checks.check_count("num_samples", num_samples), name=name)
+
+    def _value(self, log_weights):
+        return log_mean_exp(log_weights)
+
+    def _coefficients(self, log_weights):
+        normalized = normalized_weights(log_weights)
+        return Coefficients(model=normalized, path=normalized, score=None)
+
+
+class DReG(MCObjective):
+    """Doubly reparameterized gradient estimators DReG(alpha) ([2] eq. 10).
+
+    value:            L_K (reported)
+    model gradient:   sum_k w~_k d log p(x, z_k), as IWAE
+    inference grad.:  sum_k (alpha w~_k + (1 - 2 alpha) w~_k^2) * path derivative of
+                      log w_k.
+
+    alpha = 0 is IWAE-DReG (eq. 7): unbiased for the IWAE inference gradient.
+    alpha = 1 is RWS-DReG (eq. 9): unbiased for the RWS wake update.
+    In between, an unbiased estimate of (1 - alpha) IWAE + alpha RWS; alpha = 0.5 is
+    half of STL's inference gradient.
+
+    Args:
+      num_samples: K >= 1.
+      alpha: in [0, 1]; default 0.0 (IWAE-DReG).
+    """
+
+    _gradient = _SPLIT
+
+    def __init__(self, num_samples: int, alpha: float = 0.0, name: str | None = None):
+        super().__init__(_checks.check_count("num_samples", num_samples), name=name)
+        self.alpha = _checks.check_unit_interval("alpha", alpha)
+
+    def _value(self, log_weights):
+        return log_mean_exp(log_weights)
+
+    def _coefficients(self, log_weights):
+        normalized = normalized_weights(log_weights)
+        path = self.alpha * normalized + (1.0 - 2.0 * self.alpha) * normalized**2
+        return Coefficients(model=normalized, path=path, score=None)

@@ -1,0 +1,170 @@
+"""Reproducible reparameterized sampling: the same seed gives the same draws in every mode.
+
+TensorFlow's stateless normal sampler produces one stream when run by TensorFlow's
+kernels (eagerly or in `tf.function`) and another under XLA (`jit_compile=True`).
+Its raw uint32 bits agree in all three modes, so this module builds standard normal
+noise from those bits itself (via the inverse normal CDF, evaluated in float64) and
+pushes the noise through the distribution's own reparameterization. Draws then agree
+across eager, `tf.function` and XLA execution to floating-point rounding.
+
+`sample(q, n, seed)` recognises these families and their compositions:
+
+* `tfd.Normal`: `loc + scale * eps`;
+* `tfd.Independent` and `tfd.Sample` of a recognised family;
+* `tfd.TransformedDistribution` (including every `tfd.MultivariateNormal*` built on
+  a linear operator, `tfd.LogNormal`, ...) of a recognised base whose batch shape
+  equals its own: `bijector.forward(base_sample)`.
+
+Any other distribution is sampled by its own `q.sample(n, seed=seed)`: still
+deterministic given the seed, but its XLA stream differs from its non-XLA stream.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tensorflow_probability.python.distributions import independent
+from tensorflow_probability.python.distributions import sample as sample_lib
+from tensorflow_probability.python.distributions import transformed_distribution
+
+tfd = tfp.distributions
+
+__all__ = ["sample", "standard_normal", "supports_stable_sampling"]
+
+# TFP's distribution classes are thin wrappers of these; a subclass that overrides
+# their sampling is not recognised (it is sampled by its own `sample`).
+_INDEPENDENT = independent._Independent  # noqa: SLF001
+_SAMPLE = sample_lib._Sample  # noqa: SLF001
+_TRANSFORMED = transformed_distribution._TransformedDistribution  # noqa: SLF001
+
+
+def _uint32_bits(shape, seed) -> tf.Tensor:
+    return tf.random.stateless_uniform(
+        shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32
+    )
+
+
+def standard_normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
+    """Standard normal noise of `shape` that is identical with and without XLA.
+
+    Args:
+      shape: the output shape (a list or a 1-D int tensor).
+      seed: a stateless seed: an int or a shape-[2] integer tensor.
+      dtype: `tf.float32` or `tf.float64`. float32 draws use 24 random bits per
+        number, float64 draws 53.
+
+    Returns:
+      A tensor of `shape` and `dtype`, `ndtri(u)` with `u` uniform on (0, 1).
+    """
+    dtype = tf.as_dtype(dtype)
+    if dtype not in (tf.float32, tf.float64):
+        raise TypeError(f"`dtype` must be float32 or float64, got {dtype.name}.")
+    seed = tfp.random.sanitize_seed(seed)
+    shape = tf.convert_to_tensor(shape, dtype=tf.int32)
+    if dtype == tf.float32:
+        bits = _uint32_bits(shape, seed)
+        mantissa = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float64)
+        uniform = (mantissa + 0.5) * 2.0**-24
+    else:
+        bits = _uint32_bits(tf.concat([shape, [2]], axis=0), seed)
+        high = tf.cast(tf.bitwise.right_shift(bits[..., 0], tf.constant(5, tf.uint32)), tf.float64)
+        low = tf.cast(tf.bitwise.right_shift(bits[..., 1], tf.constant(6, tf.uint32)), tf.float64)
+        uniform = (high * 2.0**26 + low + 0.5) * 2.0**-53
+    # ndtri is evaluated in float64 even for float32 draws: XLA's float32 ndtri is less
+    # accurate than TensorFlow's kernel, and the two would disagree in the tails.
+    return tf.cast(tf.math.ndtri(uniform), dtype)
+
+
+def _defines(cls: type, method: str, owner: type) -> bool:
+    """Whether `cls` inherits `method` from `owner` (i.e. does not override it)."""
+    for klass in cls.__mro__:
+        if method in klass.__dict__:
+            return klass is owner
+    return False
+
+
+def _static_shape(shape: tf.TensorShape):
+    return shape.as_list() if shape.is_fully_defined() else None
+
+
+def supports_stable_sampling(q: tfd.Distribution) -> bool:
+    """Whether `sample(q, ...)` reparameterizes `q` itself (XLA-stable draws)."""
+    return _sampler(q) is not None
+
+
+def _sampler(d):
+    """Returns a function (sample_shape, seed) -> draws, or None if `d` is not recognised."""
+    if type(d) is tfd.Normal:
+
+        def normal(sample_shape, seed):
+            shape = tf.concat([sample_shape, d.batch_shape_tensor()], axis=0)
+            eps = standard_normal(shape, seed, d.dtype)
+            return d.loc + d.scale * eps
+
+        return normal
+
+    if isinstance(d, tfd.Independent) and _defines(type(d), "_sample_n", _INDEPENDENT):
+        return _sampler(d.distribution)
+
+    if isinstance(d, tfd.Sample) and _defines(type(d), "_sample_n", _SAMPLE):
+        inner = _sampler(d.distribution)
+        extra = tf.get_static_value(d.sample_shape)
+        batch_rank = d.distribution.batch_shape.rank
+        event_rank = d.distribution.event_shape.rank
+        if inner is None or extra is None or batch_rank is None or event_rank is None:
+            return None
+        extra = [int(n) for n in tf.reshape(extra, [-1])]
+
+        def sample_of(sample_shape, seed):
+            draws = inner(tf.concat([sample_shape, extra], axis=0), seed)
+            lead = int(sample_shape.shape[0])
+            k = len(extra)
+            # [lead..., extra..., batch..., event...] -> [lead..., batch..., extra..., event...]
+            perm = (
+                list(range(lead))
+                + list(range(lead + k, lead + k + batch_rank))
+                + list(range(lead, lead + k))
+                + list(range(lead + k + batch_rank, lead + k + batch_rank + event_rank))
+            )
+            return tf.transpose(draws, perm)
+
+        return sample_of
+
+    if isinstance(d, tfd.TransformedDistribution) and _defines(
+        type(d), "_call_sample_n", _TRANSFORMED
+    ):
+        base = d.distribution
+        inner = _sampler(base)
+        same_batch = (
+            _static_shape(base.batch_shape) is not None
+            and _static_shape(base.batch_shape) == _static_shape(d.batch_shape)
+        )
+        if inner is None or not same_batch:
+            return None
+
+        def transformed(sample_shape, seed):
+            return d.bijector.forward(inner(sample_shape, seed))
+
+        return transformed
+
+    return None
+
+
+def sample(q: tfd.Distribution, num_samples: int, seed) -> tf.Tensor:
+    """Draws `num_samples` reparameterized samples of `q`, shape [num_samples, *batch, *event].
+
+    The objectives draw their samples with this function, so calling it with the same
+    `q`, `num_samples` and `seed` replays exactly the z an objective used.
+
+    Args:
+      q: a distribution; see the module docstring for the families sampled stably.
+      num_samples: how many draws.
+      seed: a stateless seed: an int or a shape-[2] integer tensor.
+    """
+    seed = tfp.random.sanitize_seed(seed)
+    sampler = _sampler(q)
+    if sampler is None:
+        return q.sample(num_samples, seed=seed)
+    draws = sampler(tf.constant([num_samples], tf.int32), seed)
+    shape = tf.TensorShape([num_samples]).concatenate(q.batch_shape).concatenate(q.event_shape)
+    return tf.ensure_shape(draws, shape)

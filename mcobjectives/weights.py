@@ -1,0 +1,77 @@
+"""Numerically stable functions of log importance weights, along the sample axis.
+
+Every function here normalizes over the sample axis of each data point only (axis 0
+by default: log weights are laid out [num_samples, batch]), never across the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+__all__ = [
+    "effective_sample_size",
+    "leave_one_out_logsumexp",
+    "log_mean_exp",
+    "normalized_weights",
+]
+
+
+def log_mean_exp(log_weights: tf.Tensor, axis: int = 0) -> tf.Tensor:
+    """log (1/K) sum_k exp(log_weights_k): the IWAE bound of each data point."""
+    num = tf.cast(tf.shape(log_weights)[axis], log_weights.dtype)
+    return tf.reduce_logsumexp(log_weights, axis=axis) - tf.math.log(num)
+
+
+def normalized_weights(log_weights: tf.Tensor, axis: int = 0) -> tf.Tensor:
+    """w~_k = w_k / sum_j w_j, the self-normalized weights of each data point."""
+    return tf.nn.softmax(log_weights, axis=axis)
+
+
+def effective_sample_size(log_weights: tf.Tensor, axis: int = 0) -> tf.Tensor:
+    """ESS = (sum_k w_k)^2 / sum_k w_k^2 (Rainforth et al. eq. 19), in [1, K]."""
+    return tf.exp(
+        2.0 * tf.reduce_logsumexp(log_weights, axis=axis)
+        - tf.reduce_logsumexp(2.0 * log_weights, axis=axis)
+    )
+
+
+def leave_one_out_logsumexp(x: tf.Tensor, axis: int = 0) -> tf.Tensor:
+    """out_i = log sum_{j != i} exp(x_j) along `axis`, in O(K) time and memory.
+
+    Subtracting a term from the total loses all precision when that term dominates,
+    so the entry holding the maximum is computed from the other entries directly, and
+    every other entry i as m + log(sum_j exp(x_j - m) - exp(x_i - m)), m the maximum:
+    there the subtracted term is at most the maximum's share (1), and the difference
+    is at least 1, so the cancellation costs at most a factor two in relative error.
+
+    Args:
+      x: a tensor with at least two entries along `axis`.
+      axis: the axis to leave entries out of.
+
+    Returns:
+      A tensor of the shape of `x`.
+    """
+    x = tf.convert_to_tensor(x)
+    rank = x.shape.rank
+    axis = axis % rank
+    if axis != 0:
+        perm = [axis] + [i for i in range(rank) if i != axis]
+        x = tf.transpose(x, perm)
+    num = x.shape[0]
+    if num is not None and num < 2:
+        raise ValueError(f"`x` needs at least two entries along axis {axis}, got {num}.")
+    is_max = tf.one_hot(tf.argmax(x, axis=0), tf.shape(x)[0], axis=0, on_value=True, off_value=False)
+    x_max = tf.reduce_max(x, axis=0)
+    # Entries other than the maximum: the total minus their own term.
+    shifted = tf.exp(x - x_max)
+    total = tf.reduce_sum(shifted, axis=0)
+    others = x_max + tf.math.log(total - shifted)
+    # The maximum's entry: the log-sum-exp of everything else.
+    without_max = tf.where(is_max, tf.constant(-math.inf, x.dtype), x)
+    at_max = tf.reduce_logsumexp(without_max, axis=0)
+    out = tf.where(is_max, at_max, others)
+    if axis != 0:
+        out = tf.transpose(out, tf.math.invert_permutation(perm))
+    return out
