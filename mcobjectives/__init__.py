@@ -24,7 +24,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CIWAE",
-    "DReG",
     "IWAE",
     "JVI",
     "MIWAE",
@@ -33,6 +32,7 @@ __all__ = [
     "STL",
     "VAE",
     "Coefficients",
+    "DReG",
     "Gradients",
     "LogJoint",
     "MCObjective",

@@ -13,6 +13,9 @@ tfd = tfp.distributions
 __all__ = [
     "check_count",
     "check_distribution",
+    "check_log_joint",
+    "check_log_joint_output",
+    "check_seed",
     "check_unit_interval",
 ]
 
@@ -80,3 +83,43 @@ def check_distribution(q, *, objective: str, needs_reparameterization: bool) -> 
             "family such as Normal, MultivariateNormalTriL or a TransformedDistribution of "
             "one, or use RWS, whose inference update needs only log q."
         )
+
+
+def check_log_joint(log_joint) -> None:
+    """Checks that `log_joint` is a callable z -> log p(x, z)."""
+    if not callable(log_joint):
+        raise TypeError(
+            f"`log_joint` must be a callable z -> log p(x, z), got "
+            f"{type(log_joint).__name__}; see mcobjectives.make_log_joint."
+        )
+
+
+def check_seed(seed) -> None:
+    """Checks that a stateless seed was given."""
+    if seed is None:
+        raise TypeError(
+            "`seed` is required: pass an int or a shape-[2] integer tensor (a stateless "
+            "seed); split a fresh one per step, e.g. with "
+            "tf.random.experimental.stateless_split."
+        )
+
+
+def check_log_joint_output(log_p, q, num_samples: int) -> tf.Tensor:
+    """Checks log p(x, z) returned for `num_samples` draws of q: shape [S, B], q's dtype."""
+    if not isinstance(log_p, (tf.Tensor, tf.Variable)) and not hasattr(log_p, "dtype"):
+        raise TypeError(f"`log_joint` must return a tensor, got {type(log_p).__name__}.")
+    log_p = tf.convert_to_tensor(log_p)
+    if log_p.dtype != q.dtype:
+        raise TypeError(
+            f"`log_joint` returned {log_p.dtype.name} but `q` ({q.name}) has dtype "
+            f"{q.dtype.name}: build the model and q in the same dtype."
+        )
+    expected = tf.TensorShape([num_samples]).concatenate(q.batch_shape)
+    if not log_p.shape.is_compatible_with(expected):
+        raise ValueError(
+            f"`log_joint` returned shape {log_p.shape}, expected [num_samples, batch] = "
+            f"{expected}: log p(x, z) must sum over the event dimensions of x and z "
+            "(e.g. wrap per-dimension distributions in tfd.Independent) and keep the "
+            "sample and batch axes."
+        )
+    return tf.ensure_shape(log_p, expected)

@@ -191,17 +191,8 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         _checks.check_distribution(
             q, objective=type(self).__name__, needs_reparameterization=self._gradient != _SCORE
         )
-        if not callable(log_joint):
-            raise TypeError(
-                f"`log_joint` must be a callable z -> log p(x, z), got "
-                f"{type(log_joint).__name__}; see mcobjectives.make_log_joint."
-            )
-        if seed is None:
-            raise TypeError(
-                "`seed` is required: pass an int or a shape-[2] integer tensor (a stateless "
-                "seed); split a fresh one per step, e.g. with tf.random.experimental."
-                "stateless_split."
-            )
+        _checks.check_log_joint(log_joint)
+        _checks.check_seed(seed)
         event_rank = q.event_shape.rank
         if event_rank is None:
             raise ValueError(f"`q` ({q.name}) must have a statically known event rank.")
@@ -248,23 +239,4 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         )
 
     def _log_joint(self, log_joint: LogJoint, z: tf.Tensor, q: tfd.Distribution) -> tf.Tensor:
-        log_p = log_joint(z)
-        if not isinstance(log_p, (tf.Tensor, tf.Variable)) and not hasattr(log_p, "dtype"):
-            raise TypeError(
-                f"`log_joint` must return a tensor, got {type(log_p).__name__}."
-            )
-        log_p = tf.convert_to_tensor(log_p)
-        if log_p.dtype != q.dtype:
-            raise TypeError(
-                f"`log_joint` returned {log_p.dtype.name} but `q` ({q.name}) has dtype "
-                f"{q.dtype.name}: build the model and q in the same dtype."
-            )
-        expected = tf.TensorShape([self.num_samples]).concatenate(q.batch_shape)
-        if not log_p.shape.is_compatible_with(expected):
-            raise ValueError(
-                f"`log_joint` returned shape {log_p.shape}, expected [num_samples, batch] = "
-                f"{expected}: log p(x, z) must sum over the event dimensions of x and z "
-                "(e.g. wrap per-dimension distributions in tfd.Independent) and keep the "
-                "sample and batch axes."
-            )
-        return tf.ensure_shape(log_p, expected)
+        return _checks.check_log_joint_output(log_joint(z), q, self.num_samples)

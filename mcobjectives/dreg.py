@@ -12,7 +12,7 @@ from mcobjectives import _checks
 from mcobjectives.base import _SPLIT, Coefficients, MCObjective
 from mcobjectives.weights import log_mean_exp, normalized_weights
 
-__all__ = ["DReG", "STL"]
+__all__ = ["STL", "DReG"]
 
 
 class STL(MCObjective):

@@ -17,7 +17,7 @@ __all__ = ["log_marginal_estimate"]
 
 def _chunk_log_sum_exp(q, log_joint, num_samples, seed):
     z = sampling.sample(q, num_samples, seed)
-    log_w = log_joint(z) - q.log_prob(z)
+    log_w = _checks.check_log_joint_output(log_joint(z), q, num_samples) - q.log_prob(z)
     return tf.reduce_logsumexp(log_w, axis=0)
 
 
@@ -47,10 +47,10 @@ def log_marginal_estimate(
       A [B] tensor.
     """
     num_samples = _checks.check_count("num_samples", num_samples)
-    chunk_size = _checks.check_count("chunk_size", min(chunk_size, num_samples))
+    chunk_size = min(_checks.check_count("chunk_size", chunk_size), num_samples)
     _checks.check_distribution(q, objective="log_marginal_estimate", needs_reparameterization=False)
-    if seed is None:
-        raise TypeError("`seed` is required: pass an int or a shape-[2] integer tensor.")
+    _checks.check_log_joint(log_joint)
+    _checks.check_seed(seed)
     num_full, remainder = divmod(num_samples, chunk_size)
     seeds = tf.random.experimental.stateless_split(
         tfp.random.sanitize_seed(seed), num_full + (1 if remainder else 0)

@@ -8,6 +8,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 from mcobjectives import _checks
@@ -131,7 +133,12 @@ class CIWAE(MCObjective):
         beta = _checks.check_unit_interval("beta", beta, open_interval=learnable_beta)
         self.learnable_beta = learnable_beta
         if learnable_beta:
-            logit = float(tf.math.log(beta) - tf.math.log1p(-beta))
+            logit = math.log(beta) - math.log1p(-beta)
+            if not 0.0 < float(tf.sigmoid(tf.constant(logit, tf.float32))) < 1.0:
+                raise ValueError(
+                    f"`beta` = {beta} is too close to 0 or 1 for a learnable beta: "
+                    "sigmoid(logit(beta)) rounds to an endpoint in float32."
+                )
             self.beta_logit = tf.Variable(logit, dtype=tf.float32, name="beta_logit")
         else:
             self._fixed_beta = beta

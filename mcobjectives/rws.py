@@ -24,7 +24,8 @@ class RWS(MCObjective):
                       -d KL(p(z|x) || q(z|x)), so q is trained toward the posterior.
 
     The inference update uses only the score of q, so q need not be reparameterized
-    (discrete latents work). Its gradient is not that of any bound.
+    (discrete latents work when q has a float dtype, e.g. tfd.Bernoulli(..., dtype=
+    tf.float32)). Its gradient is not that of any bound.
 
     Args:
       num_samples: K >= 1.

@@ -21,11 +21,11 @@ deterministic given the seed, but its XLA stream differs from its non-XLA stream
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow_probability.python.distributions import independent
+from tensorflow_probability.python.distributions import independent, transformed_distribution
 from tensorflow_probability.python.distributions import sample as sample_lib
-from tensorflow_probability.python.distributions import transformed_distribution
 
 tfd = tfp.distributions
 
@@ -33,9 +33,9 @@ __all__ = ["sample", "standard_normal", "supports_stable_sampling"]
 
 # TFP's distribution classes are thin wrappers of these; a subclass that overrides
 # their sampling is not recognised (it is sampled by its own `sample`).
-_INDEPENDENT = independent._Independent  # noqa: SLF001
-_SAMPLE = sample_lib._Sample  # noqa: SLF001
-_TRANSFORMED = transformed_distribution._TransformedDistribution  # noqa: SLF001
+_INDEPENDENT = independent._Independent
+_SAMPLE = sample_lib._Sample
+_TRANSFORMED = transformed_distribution._TransformedDistribution
 
 
 def _uint32_bits(shape, seed) -> tf.Tensor:
@@ -113,7 +113,7 @@ def _sampler(d):
         event_rank = d.distribution.event_shape.rank
         if inner is None or extra is None or batch_rank is None or event_rank is None:
             return None
-        extra = [int(n) for n in tf.reshape(extra, [-1])]
+        extra = [int(n) for n in np.reshape(extra, [-1])]
 
         def sample_of(sample_shape, seed):
             draws = inner(tf.concat([sample_shape, extra], axis=0), seed)

@@ -21,7 +21,8 @@ SIGMA = math.sqrt(2.0 / 3.0)
 
 def make_q(A, b, x, sigma=SIGMA):
     loc = tf.linalg.matvec(A, x) + b
-    return tfd.Independent(tfd.Normal(loc, tf.constant(sigma, loc.dtype)), reinterpreted_batch_ndims=1)
+    scale = tf.constant(sigma, loc.dtype)
+    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
 
 
 def make_log_joint(mu, x):

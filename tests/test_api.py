@@ -1,0 +1,321 @@
+"""The public API: names, class hierarchy, the ObjectiveResult contract and learnable CIWAE."""
+
+from __future__ import annotations
+
+import inspect
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mcobjectives as mco
+from tests import toy
+
+B, D, K = 4, 3, 5
+SEED = 11
+
+OBJECTIVE_CLASSES = ["CIWAE", "DReG", "IWAE", "JVI", "MIWAE", "PIWAE", "RWS", "STL", "VAE"]
+
+# name -> (constructor, S the number of samples per data point)
+OBJECTIVES = {
+    "IWAE": (lambda: mco.IWAE(K), K),
+    "STL": (lambda: mco.STL(K), K),
+    "DReG": (lambda: mco.DReG(K), K),
+    "DReG(0.5)": (lambda: mco.DReG(K, alpha=0.5), K),
+    "RWS": (lambda: mco.RWS(K), K),
+    "CIWAE": (lambda: mco.CIWAE(K, beta=0.3), K),
+    "CIWAE(learnable)": (lambda: mco.CIWAE(K, beta=0.3, learnable_beta=True), K),
+    "VAE(5)": (lambda: mco.VAE(K), K),
+    "VAE()": (lambda: mco.VAE(), 1),
+    "MIWAE(2,3)": (lambda: mco.MIWAE(2, 3), 6),
+    "PIWAE(2,3)": (lambda: mco.PIWAE(2, 3), 6),
+    "JVI": (lambda: mco.JVI(K), K),
+    "JVI(dreg)": (lambda: mco.JVI(K, dreg=True), K),
+}
+
+
+def _data():
+    x = tf.reshape(tf.range(B * D, dtype=tf.float32), [B, D]) / 4.0 - 1.0
+    mu = tf.constant([0.2, -0.1, 0.4])
+    A = 0.4 * tf.eye(D) + 0.05
+    b = tf.constant([0.3, 0.0, -0.2])
+    return mu, A, b, x
+
+
+def _traced(fn, mode):
+    """`fn` run eagerly, as a tf.function, or as an XLA-compiled tf.function."""
+    if mode == "eager":
+        return fn
+    return tf.function(fn, autograph=False, jit_compile=mode == "xla")
+
+
+# --------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------
+
+
+def test_all_has_no_duplicates():
+    """`__all__` lists every name once."""
+    assert len(mco.__all__) == len(set(mco.__all__))
+
+
+@pytest.mark.parametrize("name", mco.__all__)
+def test_all_name_exists(name):
+    """Every name in `__all__` is an attribute of the package."""
+    assert hasattr(mco, name)
+
+
+@pytest.mark.parametrize("name", mco.__all__)
+def test_all_name_importable(name):
+    """Every name in `__all__` can be imported with `from mcobjectives import X`."""
+    namespace: dict = {}
+    exec(f"from mcobjectives import {name}", namespace)
+    assert namespace[name] is getattr(mco, name)
+
+
+def test_star_import_gives_all():
+    """`from mcobjectives import *` binds exactly the names of `__all__`."""
+    namespace: dict = {}
+    exec("from mcobjectives import *", namespace)
+    namespace.pop("__builtins__")
+    assert set(namespace) == set(mco.__all__)
+
+
+@pytest.mark.parametrize("name", ["sampling", "weights"])
+def test_submodules_exported(name):
+    """`sampling` and `weights` are exported as modules."""
+    assert isinstance(getattr(mco, name), types.ModuleType)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "effective_sample_size",
+        "leave_one_out_logsumexp",
+        "log_marginal_estimate",
+        "log_mean_exp",
+        "make_log_joint",
+        "normalized_weights",
+    ],
+)
+def test_functions_exported(name):
+    """The exported helpers are plain functions."""
+    assert inspect.isfunction(getattr(mco, name))
+
+
+def test_version():
+    """The package has a version string."""
+    assert isinstance(mco.__version__, str)
+    assert mco.__version__
+
+
+# --------------------------------------------------------------------------------------
+# Classes
+# --------------------------------------------------------------------------------------
+
+
+def test_objective_classes_all_exported():
+    """Every objective class of the package is listed in `__all__`."""
+    assert set(OBJECTIVE_CLASSES) <= set(mco.__all__)
+
+
+@pytest.mark.parametrize("name", OBJECTIVE_CLASSES)
+def test_objective_is_mcobjective(name):
+    """Every objective class is a subclass of MCObjective (and so a tf.Module)."""
+    cls = getattr(mco, name)
+    assert inspect.isclass(cls)
+    assert issubclass(cls, mco.MCObjective)
+    assert issubclass(cls, tf.Module)
+    assert not inspect.isabstract(cls)
+
+
+def test_vae_is_miwae():
+    """VAE is MIWAE with one inner sample."""
+    vae = mco.VAE(4)
+    assert isinstance(vae, mco.MIWAE)
+    assert (vae.num_outer, vae.num_inner) == (4, 1)
+
+
+def test_mcobjective_is_abstract():
+    """MCObjective cannot be instantiated: _value and _coefficients are abstract."""
+    assert inspect.isabstract(mco.MCObjective)
+    with pytest.raises(TypeError, match="abstract"):
+        mco.MCObjective(3)
+
+
+def test_mcobjective_subclass_missing_method_is_abstract():
+    """A subclass that implements only _value is still abstract."""
+
+    class Partial(mco.MCObjective):
+        def _value(self, log_weights):
+            return tf.reduce_mean(log_weights, axis=0)
+
+    with pytest.raises(TypeError, match="_coefficients"):
+        Partial(3)
+
+
+@pytest.mark.parametrize(
+    ("cls", "fields"),
+    [
+        (mco.ObjectiveResult, ("loss", "bound", "log_weights", "ess")),
+        (mco.Gradients, ("model", "inference")),
+        (mco.Coefficients, ("model", "path", "score")),
+    ],
+    ids=["ObjectiveResult", "Gradients", "Coefficients"],
+)
+def test_namedtuple_fields(cls, fields):
+    """The result types are NamedTuples with the documented fields."""
+    assert issubclass(cls, tuple)
+    assert cls._fields == fields
+
+
+# --------------------------------------------------------------------------------------
+# num_samples
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: mco.MIWAE(2, 3), 6),
+        (lambda: mco.PIWAE(2, 3), 6),
+        (lambda: mco.PIWAE(1, 4), 4),
+        (lambda: mco.VAE(4), 4),
+        (lambda: mco.VAE(), 1),
+        (lambda: mco.IWAE(7), 7),
+        (lambda: mco.JVI(2), 2),
+        (lambda: mco.CIWAE(3), 3),
+    ],
+    ids=["MIWAE(2,3)", "PIWAE(2,3)", "PIWAE(1,4)", "VAE(4)", "VAE()", "IWAE(7)", "JVI(2)", "CIWAE"],
+)
+def test_num_samples(build, expected):
+    """`num_samples` is S, the samples drawn per data point (M * K for MIWAE/PIWAE)."""
+    objective = build()
+    assert objective.num_samples == expected
+    assert type(objective.num_samples) is int
+
+
+def test_num_samples_read_only():
+    """`num_samples` is a read-only property."""
+    objective = mco.IWAE(K)
+    with pytest.raises(AttributeError):
+        objective.num_samples = 3
+    assert objective.num_samples == K
+
+
+# --------------------------------------------------------------------------------------
+# ObjectiveResult
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_result_type_and_aliases(name):
+    """Calling an objective returns an ObjectiveResult whose model/inference losses are loss."""
+    build, _ = OBJECTIVES[name]
+    mu, A, b, x = _data()
+    result = build()(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=SEED)
+    assert type(result) is mco.ObjectiveResult
+    assert result._fields == ("loss", "bound", "log_weights", "ess")
+    assert result.model_loss is result.loss
+    assert result.inference_loss is result.loss
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_result_shapes(name, mode):
+    """loss is a scalar, bound [B], log_weights [S, B] and ess [B] with 1 <= ess <= S."""
+    build, num_samples = OBJECTIVES[name]
+    objective = build()
+    mu, A, b, x = _data()
+
+    def call():
+        return tuple(objective(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=SEED))
+
+    loss, bound, log_weights, ess = (t.numpy() for t in _traced(call, mode)())
+    assert loss.shape == ()
+    assert bound.shape == (B,)
+    assert log_weights.shape == (num_samples, B)
+    assert ess.shape == (B,)
+    assert np.all(np.isfinite(loss)) and np.all(np.isfinite(bound))
+    assert np.all(ess >= 1.0 - 1e-5)
+    assert np.all(ess <= num_samples * (1.0 + 1e-5))
+    assert loss == pytest.approx(-np.mean(bound), rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_result_gradients_aligned(name):
+    """`result.gradients` returns Gradients(model, inference) aligned with the variable lists."""
+    build, _ = OBJECTIVES[name]
+    mu0, A0, b0, x = _data()
+    mu, A, b = tf.Variable(mu0), tf.Variable(A0), tf.Variable(b0)
+    with tf.GradientTape() as tape:
+        result = build()(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=SEED)
+    grads = result.gradients(tape, [mu], [A, b])
+    assert isinstance(grads, mco.Gradients)
+    assert len(grads.model) == 1 and len(grads.inference) == 2
+    for grad, var in zip([*grads.model, *grads.inference], [mu, A, b], strict=True):
+        assert grad is not None
+        assert grad.shape == var.shape
+        assert np.all(np.isfinite(grad.numpy()))
+
+
+# --------------------------------------------------------------------------------------
+# Learnable CIWAE
+# --------------------------------------------------------------------------------------
+
+
+def test_fixed_beta_has_no_variables():
+    """A fixed-beta CIWAE (like every other objective) owns no trainable variables."""
+    assert mco.CIWAE(K, beta=0.3).trainable_variables == ()
+    assert mco.CIWAE(K, beta=0.3).beta == 0.3
+    assert mco.IWAE(K).trainable_variables == ()
+
+
+def test_learnable_beta_variable_exposed():
+    """A learnable CIWAE exposes beta_logit in trainable_variables, with beta = sigmoid."""
+    ciwae = mco.CIWAE(K, beta=0.3, learnable_beta=True)
+    (variable,) = ciwae.trainable_variables
+    assert variable is ciwae.beta_logit
+    assert variable.trainable
+    assert float(ciwae.beta) == pytest.approx(0.3, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [SEED, 12, 13])
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_learnable_beta_gradient_pushes_beta_to_zero(seed, mode):
+    """d loss / d beta_logit is positive and equals -(ELBO - IWAE) * beta * (1 - beta)."""
+    ciwae = mco.CIWAE(K, beta=0.5, learnable_beta=True)
+    mu0, A0, b0, x = _data()
+    mu, A, b = tf.Variable(mu0), tf.Variable(A0), tf.Variable(b0)
+
+    def step():
+        with tf.GradientTape() as tape:
+            result = ciwae(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=seed)
+        grads = result.gradients(tape, [mu, ciwae.beta_logit], [A, b])
+        return result.log_weights, [*grads.model, *grads.inference]
+
+    log_weights, grads = _traced(step, mode)()
+    assert all(grad is not None for grad in grads)
+    d_logit = float(grads[1])
+    assert d_logit > 0.0
+
+    log_w = log_weights.numpy().astype(np.float64)
+    elbo = log_w.mean(axis=0)
+    iwae = np.logaddexp.reduce(log_w, axis=0) - np.log(K)
+    assert np.all(elbo <= iwae)
+    beta = 0.5
+    expected = -np.mean(elbo - iwae) * beta * (1.0 - beta)
+    assert d_logit == pytest.approx(expected, rel=1e-4)
+
+
+def test_learnable_beta_descent_step_lowers_beta():
+    """One gradient-descent step on the loss moves a learnable beta toward 0."""
+    ciwae = mco.CIWAE(K, beta=0.6, learnable_beta=True)
+    mu, A, b, x = _data()
+    before = float(ciwae.beta)
+    with tf.GradientTape() as tape:
+        result = ciwae(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=SEED)
+    (grad,) = tape.gradient(result.loss, ciwae.trainable_variables)
+    ciwae.beta_logit.assign_sub(0.5 * grad)
+    assert float(ciwae.beta) < before
