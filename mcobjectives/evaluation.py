@@ -39,7 +39,7 @@ def log_marginal_estimate(
       q: q(z|x), batch shape [B].
       log_joint: z [S, B, *event] -> log p(x, z) [S, B].
       seed: a stateless seed; chunk i draws with the i-th seed of
-        `tf.random.experimental.stateless_split(seed, num_chunks)`.
+        `tf.random.experimental.stateless_split(sampling.stateless_seed(seed), num_chunks)`.
       num_samples: K >= 1.
       chunk_size: samples per chunk, >= 1 (the last chunk holds the remainder).
 
@@ -53,7 +53,7 @@ def log_marginal_estimate(
     _checks.check_seed(seed)
     num_full, remainder = divmod(num_samples, chunk_size)
     seeds = tf.random.experimental.stateless_split(
-        tfp.random.sanitize_seed(seed), num_full + (1 if remainder else 0)
+        sampling.stateless_seed(seed), num_full + (1 if remainder else 0)
     )
 
     def body(i, total):
