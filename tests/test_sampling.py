@@ -1,9 +1,11 @@
 """Tests of mcobjectives.sampling: reproducible reparameterized draws in every mode.
 
 Seeds are stateless shape-[2] tensors unless a test is about Python int seeds. Draws
-are compared across modes against eager execution: float64 to 1e-9, float32
-to 1e-6 (absolute and relative). Statistical tests use fixed seeds, state their
-tolerance (in standard errors) and print what they measured.
+are compared across modes against eager execution: float64 to 1e-12 absolute plus
+1e-10 relative (XLA's float64 ndtri differs from TensorFlow's kernel by ~1e-12
+relative and up to ~1e-10 in the far tails, as the module documents), float32 to
+1e-6. Statistical tests use fixed seeds, state their tolerance (in standard errors)
+and print what they measured.
 """
 
 from __future__ import annotations
@@ -27,21 +29,12 @@ SEED = tf.constant([1234, 5678], tf.int32)
 OTHER_SEED = tf.constant([1234, 5679], tf.int32)
 NUM_NORMALS = 200_000
 
-XLA_NDTRI_BUG = pytest.mark.skipif(
-    False,
-    reason="sampling.py:73 relies on tf.math.ndtri, whose float64 XLA lowering differs "
-    "from TensorFlow's kernel by ~1e-12 and more in the tails (|z| > ~4.5), not by "
-    "rounding as the module docstring claims",
-)
-FLOAT64_TOP_BITS_BUG = pytest.mark.skipif(
-    False,
-    reason="sampling.py:70: (2**53 - 1 + 0.5) rounds to 2**53 in float64, so all-ones "
-    "bits give uniform == 1.0 and ndtri(1.0) == inf",
-)
-INT_SEED_BUG = pytest.mark.skipif(
-    False,
-    reason="a Python int seed goes through tfp.random.sanitize_seed, which treats ints as "
-    "stateful seeds (tf.random.uniform): the same int seed gives new draws on every call",
+NEGATIVE_SEED_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="sampling.py standard_normal passes int32 seeds with a negative component "
+    "straight to tf.random.stateless_uniform, whose TensorFlow kernel and XLA lowering "
+    "derive different streams from them (XLA matches the seed bitcast to uint32 and "
+    "widened to int64); stateless_split seeds are negative half the time",
 )
 
 
@@ -51,9 +44,9 @@ def _run(fn, mode, *args):
 
 
 def _assert_same_draws(actual, expected, dtype):
-    """Draws agree across modes: float64 to 1e-9 (XLA's ndtri differs in the last bits)."""
+    """Draws agree across modes: float64 to 1e-12 + 1e-10 relative, float32 to 1e-6."""
     if dtype == tf.float64:
-        np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
     else:
         np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
 
@@ -66,21 +59,7 @@ def _normal_cdf(x):
 # --- standard_normal -------------------------------------------------------------------
 
 
-def _dtype_mode_params(float64_mark, xla_only=True):
-    """(dtype, mode) parameters; `float64_mark` on float64 (under XLA only if `xla_only`)."""
-    return [
-        pytest.param(
-            dtype,
-            mode,
-            id=f"{dtype.name}-{mode}",
-            marks=float64_mark if (dtype == tf.float64 and (mode == "xla" or not xla_only)) else (),
-        )
-        for dtype in DTYPES
-        for mode in MODES
-    ]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 def test_standard_normal_same_in_every_mode(dtype, mode):
     """200k seeded draws in each mode have the requested shape and dtype and equal eager's."""
     shape = [400, 500]
@@ -93,23 +72,21 @@ def test_standard_normal_same_in_every_mode(dtype, mode):
 
 
 def _tail_bits(dtype):
-    """Random bits whose uniforms span (0, 1) log-uniformly into both tails."""
-    u = np.concatenate(
-        [np.logspace(-16, -1, 61), np.linspace(0.1, 0.9, 9), 1.0 - np.logspace(-1, -16, 61)]
-    )
+    """Bit patterns reaching deep into both tails: words 0, 2^j, 2^32 - 1 - 2^j and 2^32 - 1.
+
+    float64 draws take their high bits from the first word and low bits from the second,
+    so pairing every pattern with every pattern reaches u ~ 2^-53 and 1 - 2^-53.
+    """
+    words = [0, *(2**j for j in range(32)), *(2**32 - 1 - 2**j for j in range(32)), 2**32 - 1]
+    words = np.array(words, np.uint32)
     if dtype == tf.float32:
-        n = np.clip(np.floor(u * 2.0**24), 0, 2**24 - 1).astype(np.uint64)
-        return (n << np.uint64(8)).astype(np.uint32)
-    # 53 bits: 27 in the top of the first word, 26 in the top of the second. The all-ones
-    # pattern is left to test_standard_normal_extreme_bits_are_finite.
-    n = np.clip(np.floor(u * 2.0**53), 0, 2**53 - 2).astype(np.uint64)
-    high, low = n >> np.uint64(26), n & np.uint64(2**26 - 1)
-    return np.stack([high << np.uint64(5), low << np.uint64(6)], axis=-1).astype(np.uint32)
+        return words
+    return np.stack(np.meshgrid(words, words, indexing="ij"), axis=-1).reshape(-1, 2)
 
 
-@pytest.mark.parametrize(("dtype", "mode"), _dtype_mode_params(XLA_NDTRI_BUG))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 def test_standard_normal_tails_same_in_every_mode(dtype, mode, monkeypatch):
-    """Draws deep in both tails (|z| up to 8) agree with the eager draws in each mode."""
+    """Draws deep in both tails agree with the eager draws in each mode."""
     bits = _tail_bits(dtype)
     # A captured eager tensor, not a constant: XLA would otherwise fold ndtri at compile time.
     captured = tf.convert_to_tensor(bits)
@@ -119,12 +96,34 @@ def test_standard_normal_tails_same_in_every_mode(dtype, mode, monkeypatch):
     draws = _run(lambda: sampling.standard_normal([num], SEED, dtype), mode)
     worst = np.argmax(np.abs(draws - eager))
     print(f"max |{mode} - eager| = {abs(draws[worst] - eager[worst]):.3g} at z = {eager[worst]}")
-    # The grid reaches u ~ 1e-16 (z ~ -8.2) in float64 and 2**-25 (z ~ -5.4) in float32.
+    # The patterns reach z ~ -8.2 in float64 and ~ -5.4 in float32.
+    assert np.all(np.isfinite(eager))
     assert np.min(eager) < (-8.0 if dtype == tf.float64 else -5.0)
-    _assert_same_draws(draws, eager, dtype)
+    if dtype == tf.float64:
+        # The module documents ~1e-10 relative in the far tails; 1.1e-10 is measured at
+        # z = -5.78 (u ~ 4e-9), so the tolerance is 2e-10 relative.
+        np.testing.assert_allclose(draws, eager, rtol=2e-10, atol=1e-12)
+    else:
+        _assert_same_draws(draws, eager, dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "mode", [pytest.param(m, marks=NEGATIVE_SEED_BUG if m == "xla" else ()) for m in MODES]
+)
+def test_standard_normal_split_seeds_same_in_every_mode(mode):
+    """Seeds from stateless_split (negative components included) give the eager draws."""
+    seeds = tf.random.experimental.stateless_split(SEED, 8)
+    assert np.any(seeds.numpy() < 0)
+    eager = np.stack([sampling.standard_normal([50], s, tf.float64).numpy() for s in seeds])
+    draws = _run(
+        lambda: tf.stack([sampling.standard_normal([50], seeds[i], tf.float64) for i in range(8)]),
+        mode,
+    )
+    print(f"max |{mode} - eager| per seed: {np.max(np.abs(draws - eager), axis=1)}")
+    _assert_same_draws(draws, eager, tf.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 def test_standard_normal_different_seeds_differ(dtype, mode):
     """Different seeds give different (uncorrelated) draws."""
     n = 10_000
@@ -142,7 +141,7 @@ def test_standard_normal_different_seeds_differ(dtype, mode):
     assert abs(corr) < 5.0 / math.sqrt(n)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 def test_standard_normal_moments(dtype, mode):
     """Mean and variance of 200k draws are those of N(0, 1)."""
     draws = _run(lambda: sampling.standard_normal([NUM_NORMALS], SEED, dtype), mode)
@@ -155,7 +154,7 @@ def test_standard_normal_moments(dtype, mode):
     assert abs(var - 1.0) < 5.0 * se_var
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 def test_standard_normal_kolmogorov_smirnov(dtype, mode):
     """The KS statistic of 200k draws against the normal CDF is below 0.01."""
     draws = np.sort(_run(lambda: sampling.standard_normal([NUM_NORMALS], SEED, dtype), mode))
@@ -167,9 +166,7 @@ def test_standard_normal_kolmogorov_smirnov(dtype, mode):
     assert ks < 0.01
 
 
-@pytest.mark.parametrize(
-    ("dtype", "mode"), _dtype_mode_params(FLOAT64_TOP_BITS_BUG, xla_only=False)
-)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 def test_standard_normal_extreme_bits_are_finite(dtype, mode, monkeypatch):
     """All-zero and all-one random bits map to finite draws deep in the two tails."""
     ones = 0xFFFFFFFF
@@ -191,13 +188,19 @@ def test_standard_normal_rejects_other_dtypes():
         sampling.standard_normal([3], SEED, tf.float16)
 
 
-@pytest.mark.parametrize("mode", [pytest.param(m, marks=INT_SEED_BUG) for m in MODES])
 def test_standard_normal_int_seed_replays(mode):
-    """The same Python int seed (documented as stateless) gives the same draws twice."""
+    """The same Python int seed gives the same draws on every call."""
     fn = in_mode(lambda: sampling.standard_normal([5], 7, tf.float64), mode)
     first, second = fn().numpy(), fn().numpy()
     print(first, second)
     np.testing.assert_array_equal(first, second)
+
+
+def test_standard_normal_int_seed_same_in_every_mode(mode):
+    """A Python int seed gives the eager draws in every mode."""
+    eager = sampling.standard_normal([1000], 7, tf.float64).numpy()
+    draws = _run(lambda: sampling.standard_normal([1000], 7, tf.float64), mode)
+    _assert_same_draws(draws, eager, tf.float64)
 
 
 # --- sample(q, n, seed): recognised families --------------------------------------------
@@ -402,7 +405,7 @@ def test_sample_gradient_is_reparameterization(family, mode):
 
 
 def test_sample_layout_matches_tfd_sample():
-    """tfd.Sample draws are laid out [n, batch, sample_shape] like q.sample (eager)."""
+    """tfd.Sample draws are laid out [n, batch, sample_shape], as q.sample lays them out."""
     loc = tf.constant(LOC_B)
     scale = tf.constant([1e-3, 1e-3, 1e-3], tf.float64)
     z = sampling.sample(tfd.Sample(tfd.Normal(loc, scale), [D]), 5, SEED).numpy()
@@ -460,7 +463,8 @@ def test_unrecognised_family_falls_back_to_q_sample(family, mode):
 
 # --- replaying an objective's draws --------------------------------------------------------
 
-OBJECTIVES = {"iwae": lambda: mco.IWAE(5), "dreg": lambda: mco.DReG(5)}
+# IWAE differentiates through z; PIWAE takes the split path (stop_gradient(z), inner tape).
+OBJECTIVES = {"iwae": lambda: mco.IWAE(5), "piwae": lambda: mco.PIWAE(5, 1)}
 
 
 def _toy_problem():
@@ -491,7 +495,6 @@ def test_objective_uses_sample_draws(objective, mode):
     np.testing.assert_allclose(ours, replayed, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("mode", [pytest.param(m, marks=INT_SEED_BUG) for m in MODES])
 def test_objective_int_seed_replays(mode):
     """An objective called twice with the same Python int seed uses the same draws."""
 
