@@ -67,4 +67,4 @@ def log_marginal_estimate(
     if remainder:
         chunk = tf.stop_gradient(_chunk_log_sum_exp(q, log_joint, remainder, seeds[num_full]))
         total = tf.math.reduce_logsumexp(tf.stack([total, chunk]), axis=0)
-    return total - tf.cast(math.log(num_samples), q.dtype)
+    return total - tf.constant(math.log(num_samples), q.dtype)

@@ -73,9 +73,7 @@ class MIWAE(MCObjective):
         return tf.reduce_mean(log_mean_exp(grouped, axis=1), axis=0)
 
     def _coefficients(self, log_weights):
-        return Coefficients.total(
-            _miwae_coefficients(log_weights, self.num_outer, self.num_inner)
-        )
+        return Coefficients.total(_miwae_coefficients(log_weights, self.num_outer, self.num_inner))
 
 
 class VAE(MIWAE):
@@ -192,6 +190,4 @@ class PIWAE(MCObjective):
 
     def _coefficients(self, log_weights):
         inference = _miwae_coefficients(log_weights, self.num_outer, self.num_inner)
-        return Coefficients(
-            model=normalized_weights(log_weights), path=inference, score=-inference
-        )
+        return Coefficients(model=normalized_weights(log_weights), path=inference, score=-inference)

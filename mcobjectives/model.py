@@ -35,10 +35,13 @@ def make_log_joint(
           x)
     """
     if not isinstance(prior, tfd.Distribution):
-        raise TypeError(f"`prior` must be a tfp.distributions.Distribution, got {type(prior).__name__}.")
+        raise TypeError(
+            f"`prior` must be a tfp.distributions.Distribution, got {type(prior).__name__}."
+        )
     if not callable(likelihood):
         raise TypeError(
-            f"`likelihood` must be a callable z -> distribution over x, got {type(likelihood).__name__}."
+            "`likelihood` must be a callable z -> distribution over x, got "
+            f"{type(likelihood).__name__}."
         )
 
     def log_joint(z: tf.Tensor) -> tf.Tensor:

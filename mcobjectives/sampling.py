@@ -56,9 +56,10 @@ def stateless_seed(seed) -> tf.Tensor:
 
 
 def _uint32_bits(shape, seed) -> tf.Tensor:
-    return tf.random.stateless_uniform(
-        shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32
-    )
+    # XLA and the TF kernels read a negative int32 seed component differently; as the
+    # same 32 bits held unsigned in an int64 the two agree.
+    seed = tf.cast(tf.bitcast(tf.cast(seed, tf.int32), tf.uint32), tf.int64)
+    return tf.random.stateless_uniform(shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32)
 
 
 def standard_normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
@@ -153,10 +154,9 @@ def _sampler(d):
     ):
         base = d.distribution
         inner = _sampler(base)
-        same_batch = (
-            _static_shape(base.batch_shape) is not None
-            and _static_shape(base.batch_shape) == _static_shape(d.batch_shape)
-        )
+        same_batch = _static_shape(base.batch_shape) is not None and _static_shape(
+            base.batch_shape
+        ) == _static_shape(d.batch_shape)
         if inner is None or not same_batch:
             return None
 

@@ -10,7 +10,9 @@ import tensorflow as tf
 
 MODES = ("eager", "function", "xla")
 
-_SHARED_TFDS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tensorflow_datasets"
+_SHARED_TFDS = (
+    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tensorflow_datasets"
+)
 if "TFDS_DATA_DIR" not in os.environ and _SHARED_TFDS.is_dir():
     os.environ["TFDS_DATA_DIR"] = str(_SHARED_TFDS)
 

@@ -28,23 +28,6 @@ OFFSET = 0.2
 # + log(sigma_p^2 / sigma_q^2)), with sigma_q^2 = 2/3 and sigma_p^2 = 1/2.
 KL = 0.5 * D * ((2 / 3) / 0.5 + OFFSET**2 / 0.5 - 1.0 + math.log(0.5 / (2 / 3)))
 
-LOG_K_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="evaluation.py:70 `tf.cast(math.log(num_samples), q.dtype)` converts the Python "
-    "float to a float32 tensor before casting, so float64 estimates are off by "
-    "|log K - float32(log K)| (9.6e-8 for K = 1000, 3.5e-7 for K = 5000)",
-)
-SPLIT_SEED_XLA_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="chunk seeds come from stateless_split and have negative int32 components, "
-    "from which TensorFlow's stateless kernel and XLA derive different streams "
-    "(sampling.standard_normal passes them on unchanged): XLA draws other samples",
-)
-
-
-def _xla_marked(modes=MODES, mark=SPLIT_SEED_XLA_BUG):
-    return [pytest.param(m, marks=mark if m == "xla" else ()) for m in modes]
-
 
 def _problem():
     """(q, log_joint) of the toy Gaussian, built from fixed float64 tensors."""
@@ -135,7 +118,7 @@ CHUNK_MODES = [
 
 @pytest.mark.parametrize(
     ("chunk_size", "mode"),
-    [pytest.param(c, m, marks=LOG_K_BUG, id=f"{c}-{m}") for c, m in CHUNK_MODES],
+    [pytest.param(c, m, id=f"{c}-{m}") for c, m in CHUNK_MODES],
 )
 def test_chunked_equals_direct(chunk_size, mode):
     """Chunks that divide K, leave a remainder, or exceed K: the unchunked value of the draws."""
@@ -148,11 +131,7 @@ def test_chunked_equals_direct(chunk_size, mode):
 
 @pytest.mark.parametrize(
     ("chunk_size", "mode"),
-    [
-        pytest.param(c, m, marks=SPLIT_SEED_XLA_BUG if m == "xla" else (), id=f"{c}-{m}")
-        for c, m in CHUNK_MODES
-        if c in (100, 300)
-    ],
+    [pytest.param(c, m, id=f"{c}-{m}") for c, m in CHUNK_MODES if c in (100, 300)],
 )
 def test_chunking_changes_only_the_draws(chunk_size, mode):
     """Against one chunk of K = 1000: the change is that of the direct values (log K cancels)."""
@@ -197,7 +176,7 @@ def test_above_single_sample_bound(mode):
 # (c) modes --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", _xla_marked())
+@pytest.mark.parametrize("mode", MODES)
 def test_same_in_every_mode(mode):
     """Each mode gives the eager numbers (chunk_size 300 of K = 1000)."""
     eager = _estimate("eager", 1000, 300)
@@ -244,10 +223,7 @@ def test_while_loop_bounds_memory(mode):
 
 @pytest.mark.parametrize(
     "mode",
-    [
-        pytest.param("function", marks=LOG_K_BUG),
-        pytest.param("xla", marks=[LOG_K_BUG, SPLIT_SEED_XLA_BUG]),
-    ],
+    ["function", "xla"],
 )
 def test_small_chunks_equal_direct(mode):
     """K = 5000 in 715 chunks of 7 equals the unchunked value of the same draws."""
@@ -257,7 +233,7 @@ def test_small_chunks_equal_direct(mode):
     np.testing.assert_allclose(out, expected, rtol=0.0, atol=1e-10)
 
 
-@pytest.mark.parametrize("mode", _xla_marked(modes=("function", "xla")))
+@pytest.mark.parametrize("mode", ["function", "xla"])
 def test_small_chunks_change_only_the_draws(mode):
     """K = 5000 in chunks of 7 versus one chunk: the change is that of the direct values."""
     out = _small_chunks(mode)[0] - _estimate(mode, NUM_SAMPLES, NUM_SAMPLES)

@@ -127,7 +127,9 @@ def test_jvi_with_a_dominant_weight_matches_brute_force(use_dreg, mode):
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
 def test_same_seed_same_numbers_in_every_mode(dtype):
     """Eager, tf.function and XLA give the same loss and gradients for the same seed."""
-    mu, A, b, x = (np.asarray(t, dtype.as_numpy_dtype) for t in _point(np.random.default_rng(5), 4, 0.3))
+    mu, A, b, x = (
+        np.asarray(t, dtype.as_numpy_dtype) for t in _point(np.random.default_rng(5), 4, 0.3)
+    )
     tol = 1e-5 if dtype == tf.float32 else 1e-12
     for objective in (mco.IWAE(6), mco.PIWAE(2, 3), mco.DReG(6), mco.JVI(6, True), mco.RWS(6)):
         outs = [_run(objective, mode, mu, A, b, x) for mode in ("eager", "function", "xla")]
@@ -148,7 +150,9 @@ def test_shared_parameter_gets_the_unified_surrogate_gradient(name, mode):
     mu, A, b, x = _point(rng, 3, offset=0.3)
     b = b - mu  # so that q's mean A x + b + mu matches the unshared toy's
     k = 5
-    objective = {"iwae": mco.IWAE(k), "dreg": mco.DReG(k), "rws": mco.RWS(k), "stl": mco.STL(k)}[name]
+    objective = {"iwae": mco.IWAE(k), "dreg": mco.DReG(k), "rws": mco.RWS(k), "stl": mco.STL(k)}[
+        name
+    ]
 
     def run(seed):
         mu_t = tf.constant(mu)
@@ -159,7 +163,7 @@ def test_shared_parameter_gets_the_unified_surrogate_gradient(name, mode):
         return result, result.gradients(tape, [mu_t], [mu_t])
 
     seed = tf.constant((8, 9), tf.int32)
-    result, grads = in_mode(run, mode)(seed)
+    _result, grads = in_mode(run, mode)(seed)
     np.testing.assert_allclose(grads.model[0].numpy(), grads.inference[0].numpy())
     q = toy.make_q(tf.constant(A), tf.constant(b + mu), tf.constant(x))
     z = mco.sampling.sample(q, k, seed).numpy()

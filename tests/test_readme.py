@@ -15,7 +15,7 @@ def test_readme_training_example_runs():
     """Execute the README's first python block and train a few steps on random binary data."""
     block = re.search(r"```python\n(.*?)```", README.read_text(), re.DOTALL).group(1)
     namespace: dict = {}
-    exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    exec(compile(block, str(README), "exec"), namespace)
     rng = np.random.default_rng(0)
     x = tf.constant((rng.random((20, 784)) < 0.2).astype(np.float32))
     seeds = tf.random.experimental.stateless_split([0, 0], 60)

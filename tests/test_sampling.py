@@ -29,14 +29,6 @@ SEED = tf.constant([1234, 5678], tf.int32)
 OTHER_SEED = tf.constant([1234, 5679], tf.int32)
 NUM_NORMALS = 200_000
 
-NEGATIVE_SEED_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="sampling.py standard_normal passes int32 seeds with a negative component "
-    "straight to tf.random.stateless_uniform, whose TensorFlow kernel and XLA lowering "
-    "derive different streams from them (XLA matches the seed bitcast to uint32 and "
-    "widened to int64); stateless_split seeds are negative half the time",
-)
-
 
 def _run(fn, mode, *args):
     """`fn(*args)` in `mode`, converted to NumPy."""
@@ -107,9 +99,7 @@ def test_standard_normal_tails_same_in_every_mode(dtype, mode, monkeypatch):
         _assert_same_draws(draws, eager, dtype)
 
 
-@pytest.mark.parametrize(
-    "mode", [pytest.param(m, marks=NEGATIVE_SEED_BUG if m == "xla" else ()) for m in MODES]
-)
+@pytest.mark.parametrize("mode", MODES)
 def test_standard_normal_split_seeds_same_in_every_mode(mode):
     """Seeds from stateless_split (negative components included) give the eager draws."""
     seeds = tf.random.experimental.stateless_split(SEED, 8)
