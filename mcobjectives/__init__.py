@@ -5,10 +5,11 @@ loss whose value is the negative bound and whose gradients are the objective's
 estimators for the model and inference networks.
 """
 
-from mcobjectives import sampling, weights
+from mcobjectives import networks, sampling, weights
+from mcobjectives.autoencoder import ImportanceWeightedAutoencoder, make_train_step
 from mcobjectives.base import Coefficients, Gradients, LogJoint, MCObjective, ObjectiveResult
 from mcobjectives.dreg import STL, DReG
-from mcobjectives.evaluation import log_marginal_estimate
+from mcobjectives.evaluation import active_units, log_marginal_estimate
 from mcobjectives.iwae import CIWAE, IWAE, MIWAE, PIWAE, VAE
 from mcobjectives.jvi import JVI
 from mcobjectives.model import make_log_joint
@@ -34,14 +35,18 @@ __all__ = [
     "Coefficients",
     "DReG",
     "Gradients",
+    "ImportanceWeightedAutoencoder",
     "LogJoint",
     "MCObjective",
     "ObjectiveResult",
+    "active_units",
     "effective_sample_size",
     "leave_one_out_logsumexp",
     "log_marginal_estimate",
     "log_mean_exp",
     "make_log_joint",
+    "make_train_step",
+    "networks",
     "normalized_weights",
     "sampling",
     "weights",

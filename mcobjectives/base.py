@@ -183,7 +183,10 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
           q: q(z|x), a TFP distribution with batch shape [B] and a float event of any
             shape. It must be fully reparameterized unless the objective is RWS.
           log_joint: z [S, B, *event] -> log p(x, z) [S, B], in q's dtype.
-          seed: a stateless seed, an int or a shape-[2] integer tensor; required.
+          seed: a stateless seed, an int or a shape-[2] integer tensor; or a [B, 2]
+            integer tensor of per-example seeds, so that each data point's samples
+            do not depend on the rest of the batch (see `mcobjectives.sampling`).
+            Required.
 
         Returns:
           An `ObjectiveResult`.

@@ -1,4 +1,4 @@
-"""Evaluation: the many-sample estimate of log p(x) in bounded memory."""
+"""Evaluation: the many-sample estimate of log p(x) in bounded memory; active latent units."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mcobjectives.base import LogJoint
 
 tfd = tfp.distributions
 
-__all__ = ["log_marginal_estimate"]
+__all__ = ["active_units", "log_marginal_estimate"]
 
 
 def _chunk_log_sum_exp(q, log_joint, num_samples, seed):
@@ -51,6 +51,12 @@ def log_marginal_estimate(
     _checks.check_distribution(q, objective="log_marginal_estimate", needs_reparameterization=False)
     _checks.check_log_joint(log_joint)
     _checks.check_seed(seed)
+    if sampling.is_per_example_seed(seed):
+        raise ValueError(
+            "`seed` must be one stateless seed (an int or a shape-[2] tensor) for "
+            "log_marginal_estimate, got per-example seeds of shape "
+            f"{tf.convert_to_tensor(seed).shape}."
+        )
     num_full, remainder = divmod(num_samples, chunk_size)
     seeds = tf.random.experimental.stateless_split(
         sampling.stateless_seed(seed), num_full + (1 if remainder else 0)
@@ -68,3 +74,28 @@ def log_marginal_estimate(
         chunk = tf.stop_gradient(_chunk_log_sum_exp(q, log_joint, remainder, seeds[num_full]))
         total = tf.math.reduce_logsumexp(tf.stack([total, chunk]), axis=0)
     return total - tf.constant(math.log(num_samples), q.dtype)
+
+
+def active_units(posterior_means, threshold: float = 1e-2) -> tf.Tensor:
+    """The number of active latent units (Burda et al. 2016, section 5.2).
+
+    Unit i is active if A_i = Cov_x(E_{q(z|x)}[z_i]) > `threshold` (1e-2 in the paper):
+    its posterior mean varies across the data set.
+
+    Args:
+      posterior_means: [N, D], E_q[z] for each of N data points (e.g. `q.mean()`).
+      threshold: the activity threshold, > 0.
+
+    Returns:
+      An int32 scalar.
+    """
+    posterior_means = tf.convert_to_tensor(posterior_means)
+    if posterior_means.shape.rank != 2:
+        raise ValueError(
+            f"`posterior_means` must have shape [N, D], got {posterior_means.shape}: stack "
+            "E_q[z] of every data point along the first axis."
+        )
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold <= 0:
+        raise ValueError(f"`threshold` must be a positive float, got {threshold!r}.")
+    activity = tf.math.reduce_variance(posterior_means, axis=0)
+    return tf.reduce_sum(tf.cast(activity > threshold, tf.int32))

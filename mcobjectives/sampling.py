@@ -19,6 +19,12 @@ from float64).
 
 Any other distribution is sampled by its own `q.sample(n, seed=seed)`: still
 deterministic given the seed, but its XLA stream differs from its non-XLA stream.
+
+Per-example seeds. `sample` also takes a `[B, 2]` tensor of seeds, one per data point
+of a q with batch shape `[B]`: data point b's draws then come from its own seed alone,
+so they do not depend on which other data points share the batch. A global batch split
+across replicas (`tf.distribute`), or a data set cut into batches of another size,
+then draws exactly the same z for every data point. Recognised families only.
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ from tensorflow_probability.python.distributions import sample as sample_lib
 
 tfd = tfp.distributions
 
-__all__ = ["sample", "standard_normal", "stateless_seed", "supports_stable_sampling"]
+__all__ = [
+    "is_per_example_seed",
+    "sample",
+    "standard_normal",
+    "stateless_seed",
+    "supports_stable_sampling",
+]
 
 # TFP's distribution classes are thin wrappers of these; a subclass that overrides
 # their sampling is not recognised (it is sampled by its own `sample`).
@@ -53,6 +65,27 @@ def stateless_seed(seed) -> tf.Tensor:
             raise ValueError(f"`seed` must be an int in [0, 2**62), got {seed}.")
         return tf.constant([seed >> 31, seed & 0x7FFFFFFF], tf.int32)
     return tfp.random.sanitize_seed(seed)
+
+
+def is_per_example_seed(seed) -> bool:
+    """Whether `seed` is a `[B, 2]` tensor of per-example seeds (rather than one seed)."""
+    if seed is None or isinstance(seed, (int, bool)):
+        return False
+    return tf.convert_to_tensor(seed).shape.rank == 2
+
+
+def _per_example_normal(shape, seeds, dtype, example_axis: int) -> tf.Tensor:
+    """Standard normal noise of `shape` whose slice i along `example_axis` uses `seeds[i]`."""
+    rest = tf.concat([shape[:example_axis], shape[example_axis + 1 :]], axis=0)
+    noise = tf.map_fn(
+        lambda seed: standard_normal(rest, seed, dtype),
+        seeds,
+        fn_output_signature=dtype,
+    )
+    # [B, *shape without the example axis] -> `shape`.
+    rank = noise.shape.rank
+    perm = [*range(1, example_axis + 1), 0, *range(example_axis + 1, rank)]
+    return tf.transpose(noise, perm)
 
 
 def _uint32_bits(shape, seed) -> tf.Tensor:
@@ -115,9 +148,12 @@ def _sampler(d):
     """Returns a function (sample_shape, seed) -> draws, or None if `d` is not recognised."""
     if type(d) is tfd.Normal:
 
-        def normal(sample_shape, seed):
+        def normal(sample_shape, seed, example_axis):
             shape = tf.concat([sample_shape, d.batch_shape_tensor()], axis=0)
-            eps = standard_normal(shape, seed, d.dtype)
+            if seed.shape.rank == 2:
+                eps = _per_example_normal(shape, seed, d.dtype, example_axis)
+            else:
+                eps = standard_normal(shape, seed, d.dtype)
             return d.loc + d.scale * eps
 
         return normal
@@ -134,10 +170,10 @@ def _sampler(d):
             return None
         extra = [int(n) for n in np.reshape(extra, [-1])]
 
-        def sample_of(sample_shape, seed):
-            draws = inner(tf.concat([sample_shape, extra], axis=0), seed)
-            lead = int(sample_shape.shape[0])
+        def sample_of(sample_shape, seed, example_axis):
             k = len(extra)
+            draws = inner(tf.concat([sample_shape, extra], axis=0), seed, example_axis + k)
+            lead = int(sample_shape.shape[0])
             # [lead..., extra..., batch..., event...] -> [lead..., batch..., extra..., event...]
             perm = (
                 list(range(lead))
@@ -160,8 +196,8 @@ def _sampler(d):
         if inner is None or not same_batch:
             return None
 
-        def transformed(sample_shape, seed):
-            return d.bijector.forward(inner(sample_shape, seed))
+        def transformed(sample_shape, seed, example_axis):
+            return d.bijector.forward(inner(sample_shape, seed, example_axis))
 
         return transformed
 
@@ -177,12 +213,39 @@ def sample(q: tfd.Distribution, num_samples: int, seed) -> tf.Tensor:
     Args:
       q: a distribution; see the module docstring for the families sampled stably.
       num_samples: how many draws.
-      seed: a stateless seed: an int or a shape-[2] integer tensor.
+      seed: a stateless seed (an int or a shape-[2] integer tensor), or a `[B, 2]`
+        integer tensor of per-example seeds for a q of batch shape `[B]`.
     """
-    seed = stateless_seed(seed)
     sampler = _sampler(q)
+    if is_per_example_seed(seed):
+        seed = _per_example_seeds(seed, q, sampler)
+    else:
+        seed = stateless_seed(seed)
     if sampler is None:
         return q.sample(num_samples, seed=seed)
-    draws = sampler(tf.constant([num_samples], tf.int32), seed)
+    draws = sampler(tf.constant([num_samples], tf.int32), seed, 1)
     shape = tf.TensorShape([num_samples]).concatenate(q.batch_shape).concatenate(q.event_shape)
     return tf.ensure_shape(draws, shape)
+
+
+def _per_example_seeds(seed, q: tfd.Distribution, sampler) -> tf.Tensor:
+    seed = tf.convert_to_tensor(seed)
+    if not seed.dtype.is_integer:
+        raise TypeError(f"Per-example `seed` must be an integer tensor, got {seed.dtype.name}.")
+    if sampler is None:
+        raise ValueError(
+            f"Per-example seeds ([B, 2]) need a q that mcobjectives.sampling reparameterizes "
+            f"itself (Normal, Independent, Sample, MultivariateNormal*, ...); got "
+            f"{type(q).__name__}. Pass one shape-[2] seed instead."
+        )
+    if q.batch_shape.rank != 1 or not seed.shape[1:].is_compatible_with([2]):
+        raise ValueError(
+            f"Per-example seeds must have shape [B, 2] for a q of batch shape [B]; got seed "
+            f"shape {seed.shape} and q batch shape {q.batch_shape}."
+        )
+    if not seed.shape[:1].is_compatible_with(q.batch_shape):
+        raise ValueError(
+            f"Per-example seeds of shape {seed.shape} do not match q's batch shape "
+            f"{q.batch_shape}: give one seed per data point."
+        )
+    return tf.cast(seed, tf.int32)
