@@ -19,6 +19,12 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],
-        "examples": ["tensorflow-datasets==4.9.10", "importlib_resources", "absl-py", "matplotlib"],
+        "examples": [
+            "tensorflow-datasets==4.9.10",
+            "importlib_resources",
+            "absl-py",
+            "matplotlib",
+            "tensorboard",
+        ],
     },
 )

@@ -71,7 +71,22 @@ class _MLP(keras.layers.Layer):
         return self.output_layer(h)
 
 
-class GaussianEncoder(keras.layers.Layer):
+class _DiagonalGaussian(keras.layers.Layer):
+    """N(mu(h), diag(sigma(h)^2)) with [mu, sigma_raw] = MLP(h), sigma = softplus + floor."""
+
+    def __init__(self, latent_size, hidden_units, activation, min_scale, name):
+        super().__init__(name=name)
+        self.latent_size = _checks.check_count("latent_size", latent_size)
+        self.min_scale = float(min_scale)
+        self.net = _MLP(hidden_units, 2 * self.latent_size, activation, name="mlp")
+
+    def _distribution(self, inputs: tf.Tensor) -> tfd.Distribution:
+        loc, raw_scale = tf.split(self.net(tf.cast(inputs, self.compute_dtype)), 2, axis=-1)
+        scale = tf.nn.softplus(raw_scale) + self.min_scale
+        return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+
+
+class GaussianEncoder(_DiagonalGaussian):
     """q(z|x) = N(mu(x), diag(sigma(x)^2)) from an MLP; with a context, q(z|x, c).
 
     The MLP's last layer gives mu and sigma_raw; sigma = softplus(sigma_raw) + `min_scale`.
@@ -91,23 +106,17 @@ class GaussianEncoder(keras.layers.Layer):
         min_scale: float = 1e-4,
         name: str = "encoder",
     ):
-        super().__init__(name=name)
-        self.latent_size = _checks.check_count("latent_size", latent_size)
-        self.min_scale = float(min_scale)
-        self.net = _MLP(hidden_units, 2 * self.latent_size, activation, name="mlp")
+        super().__init__(latent_size, hidden_units, activation, min_scale, name)
 
     def call(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
-        inputs = _concat_context(tf.cast(x, self.compute_dtype), context)
-        loc, raw_scale = tf.split(self.net(inputs), 2, axis=-1)
-        scale = tf.nn.softplus(raw_scale) + self.min_scale
-        return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+        return self._distribution(_concat_context(tf.cast(x, self.compute_dtype), context))
 
 
-class GaussianPrior(keras.layers.Layer):
+class GaussianPrior(_DiagonalGaussian):
     """A conditional prior p(z|c) = N(mu(c), diag(sigma(c)^2)) from an MLP of the context.
 
     Tucker et al. (2019)'s structured prediction model: p(z|c) with two tanh layers of
-    200 units, c the top half of the digit.
+    200 units, c the top half of the digit. Arguments as for `GaussianEncoder`.
     """
 
     def __init__(
@@ -118,15 +127,10 @@ class GaussianPrior(keras.layers.Layer):
         min_scale: float = 1e-4,
         name: str = "prior",
     ):
-        super().__init__(name=name)
-        self.latent_size = _checks.check_count("latent_size", latent_size)
-        self.min_scale = float(min_scale)
-        self.net = _MLP(hidden_units, 2 * self.latent_size, activation, name="mlp")
+        super().__init__(latent_size, hidden_units, activation, min_scale, name)
 
     def call(self, context: tf.Tensor) -> tfd.Distribution:
-        loc, raw_scale = tf.split(self.net(tf.cast(context, self.compute_dtype)), 2, axis=-1)
-        scale = tf.nn.softplus(raw_scale) + self.min_scale
-        return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+        return self._distribution(context)
 
 
 class BernoulliDecoder(keras.layers.Layer):
