@@ -66,10 +66,13 @@ class ImportanceWeightedAutoencoder(keras.Model):
 
     Example (Burda et al. 2016's one-stochastic-layer MNIST model, trained with DReG):
 
-        encoder = GaussianEncoder(...)   # keras layer: x -> tfd.Distribution, batch [B]
-        decoder = BernoulliDecoder(...)  # keras layer: z [S, B, D] -> distribution, batch [S, B]
         model = ImportanceWeightedAutoencoder(
-            encoder, decoder, tfd.MultivariateNormalDiag(tf.zeros(50)), mco.DReG(64), seed=1)
+            encoder=mco.networks.GaussianEncoder(latent_size=50),   # x -> q(z|x)
+            decoder=mco.networks.BernoulliDecoder(event_size=784),  # z -> p(x|z)
+            prior=tfd.Independent(tfd.Normal(tf.zeros(50), tf.ones(50)), 1),
+            objective=mco.DReG(64),
+            seed=1,
+        )
         model.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-4))
         model.fit(images_dataset, epochs=10)   # logs loss, bound and ess
 
