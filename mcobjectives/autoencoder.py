@@ -167,9 +167,9 @@ class ImportanceWeightedAutoencoder(keras.Model):
           seed: the stateless seed; default: the batch's per-example seeds if it has
             them, else the model's seed folded with the optimizer's step counter.
         """
-        x, context, data_seed = _unpack(data)
+        x, context, _ = _unpack(data)
         if seed is None:
-            seed = data_seed if data_seed is not None else self.step_seed()
+            seed = self._seed_for(data)
         q = self.posterior(x, context)
         return self.objective(q, self.log_joint(x, context), seed=seed)
 
@@ -192,6 +192,11 @@ class ImportanceWeightedAutoencoder(keras.Model):
             )
         # stateless_fold_in gives int64 seeds; their low 32 bits are as good a seed.
         return tf.cast(seed, tf.int32)
+
+    def _seed_for(self, data, stream: int | None = None) -> tf.Tensor:
+        """The batch's per-example seeds if it has them, else `step_seed(stream)`."""
+        _, _, data_seed = _unpack(data)
+        return data_seed if data_seed is not None else self.step_seed(stream)
 
     # ---------------------------------------------------------------- variables
     @property
@@ -237,9 +242,7 @@ class ImportanceWeightedAutoencoder(keras.Model):
     def call(self, inputs, training: bool = False) -> tf.Tensor:
         """The objective's bound per data point, [B], with the evaluation seed."""
         del training
-        _, _, data_seed = _unpack(inputs)
-        seed = data_seed if data_seed is not None else self.step_seed(_EVALUATION_STREAM)
-        return self.objective_result(inputs, seed).bound
+        return self.objective_result(inputs, self._seed_for(inputs, _EVALUATION_STREAM)).bound
 
     def train_step(self, data):
         grads, variables, result = self.compute_gradients(data)
@@ -247,9 +250,9 @@ class ImportanceWeightedAutoencoder(keras.Model):
         return self._update_metrics(result)
 
     def test_step(self, data):
-        _, _, data_seed = _unpack(data)
-        seed = data_seed if data_seed is not None else self.step_seed(_EVALUATION_STREAM)
-        return self._update_metrics(self.objective_result(data, seed))
+        return self._update_metrics(
+            self.objective_result(data, self._seed_for(data, _EVALUATION_STREAM))
+        )
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -346,9 +349,8 @@ def make_train_step(
     gradients = tf.function(gradients, jit_compile=jit_compile)
 
     def replica_step(batch):
-        _, _, data_seed = _unpack(batch)
         # The seed is read before the update advances the counter, outside XLA.
-        seed = data_seed if data_seed is not None else model.step_seed()
+        seed = model._seed_for(batch)
         grads, stats = gradients(batch, seed, _num_replicas())
         variables = model.model_variables + model.inference_variables
         optimizer.apply_gradients(zip(grads, variables, strict=True))
