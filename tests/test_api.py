@@ -82,26 +82,37 @@ def test_star_import_gives_all():
     assert set(namespace) == set(mco.__all__)
 
 
-@pytest.mark.parametrize("name", ["sampling", "weights"])
+@pytest.mark.parametrize("name", ["networks", "sampling", "weights"])
 def test_submodules_exported(name):
-    """`sampling` and `weights` are exported as modules."""
+    """`networks`, `sampling` and `weights` are exported as modules."""
     assert isinstance(getattr(mco, name), types.ModuleType)
 
 
 @pytest.mark.parametrize(
     "name",
     [
+        "active_units",
         "effective_sample_size",
         "leave_one_out_logsumexp",
         "log_marginal_estimate",
         "log_mean_exp",
         "make_log_joint",
+        "make_train_step",
         "normalized_weights",
     ],
 )
 def test_functions_exported(name):
     """The exported helpers are plain functions."""
     assert inspect.isfunction(getattr(mco, name))
+
+
+def test_keras_model_exported():
+    """The Keras model is a keras.Model subclass; the network layers are Keras layers."""
+    import keras
+
+    assert issubclass(mco.ImportanceWeightedAutoencoder, keras.Model)
+    for name in mco.networks.__all__:
+        assert issubclass(getattr(mco.networks, name), keras.layers.Layer)
 
 
 def test_version():
