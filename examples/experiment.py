@@ -78,7 +78,7 @@ FLAGS = flags.FLAGS
 
 # --------------------------------------------------------------------------- objectives
 def make_objective() -> tuple[mco.MCObjective, str]:
-    """The objective the flags ask for, and a description such as "PIWAE(M=8, L=8)"."""
+    """The objective the flags ask for, and a description such as "PIWAE(M=8, K=8)"."""
     k, name = FLAGS.num_samples, FLAGS.objective
     if name in ("miwae", "piwae"):
         m = FLAGS.num_outer
@@ -306,6 +306,7 @@ def run(
     out_dir = pathlib.Path(FLAGS.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     configure_devices()
+    make_objective()  # checks the objective's flags before any data are loaded
     data = load_data()
     strategy = make_strategy()
     # Initial weights from the seed too: an interrupted and an uninterrupted run agree.
@@ -324,7 +325,11 @@ def run(
         # Create every variable now, so that a checkpoint restores into them.
         model(to_batch(tf.constant(train_images[:2], tf.float32)))
         optimizer.build(model.model_variables + model.inference_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    # Every model variable by position too: Keras layers do not list their non-trainable
+    # variables as checkpoint dependencies of the model.
+    checkpoint = tf.train.Checkpoint(
+        model=model, model_variables=list(model.variables), optimizer=optimizer
+    )
     manager = tf.train.CheckpointManager(checkpoint, out_dir / "checkpoints", max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -388,8 +393,6 @@ def run(
                 for key, value in values.items():
                     tf.summary.scalar(f"train/{key}", value)
                 tf.summary.scalar("train/steps_per_second", rate)
-        if step % FLAGS.checkpoint_every == 0 or step in eval_steps:
-            manager.save(checkpoint_number=step)
         if step in eval_steps:
             eval_start = time.perf_counter()
             # Not under XLA: its CPU code for the chunked while loop ran 7x slower here.
@@ -417,6 +420,10 @@ def run(
                 "wall_seconds": round(previous_seconds + tick - wall_start, 3),
             }
             write_json_atomically(metrics_path, metrics)
+        if step % FLAGS.checkpoint_every == 0 or step in eval_steps:
+            # Saved after the evaluation: a run killed during one resumes from an earlier
+            # step, drops the unfinished step's metrics and evaluates it again.
+            manager.save(checkpoint_number=step)
     writer.flush()
     if step == start_step:
         print(f"Nothing to do: the run already reached step {step}.")

@@ -42,6 +42,8 @@ _EVALUATION_STREAM = 2**31 - 1
 
 def _unpack(data) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
     """(x, context, seed) from a batch: a tensor, a 1-tuple, or a dict with key "x"."""
+    if isinstance(data, tuple) and len(data) > 1 and all(d is None for d in data[1:]):
+        data = data[:1]  # Keras' train_on_batch(x) hands over (x, None, None)
     if isinstance(data, (tuple, list)) and len(data) == 1:
         data = data[0]
     if isinstance(data, Mapping):
@@ -170,8 +172,8 @@ class ImportanceWeightedAutoencoder(keras.Model):
         x, context, _ = _unpack(data)
         if seed is None:
             seed = self._seed_for(data)
-        q = self.posterior(x, context)
-        return self.objective(q, self.log_joint(x, context), seed=seed)
+        log_joint = self.log_joint(x, context)  # checks the context first
+        return self.objective(self.posterior(x, context), log_joint, seed=seed)
 
     def step_seed(self, stream: tf.Tensor | int | None = None) -> tf.Tensor:
         """The [2] seed of a training step: the model seed folded with `stream`.
@@ -271,9 +273,10 @@ class ImportanceWeightedAutoencoder(keras.Model):
         See `mcobjectives.log_marginal_estimate`; `seed` is one stateless seed.
         """
         x, context, _ = _unpack(data)
+        log_joint = self.log_joint(x, context)  # checks the context first
         return log_marginal_estimate(
             self.posterior(x, context),
-            self.log_joint(x, context),
+            log_joint,
             seed,
             num_samples=num_samples,
             chunk_size=chunk_size,
