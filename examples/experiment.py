@@ -60,7 +60,9 @@ flags.DEFINE_integer("latent_size", 50, "The dimension of z.")
 flags.DEFINE_integer("hidden_units", 200, "Units of each of the two hidden layers.")
 flags.DEFINE_bool("jit_compile", False, "Compile the gradient computation with XLA.")
 flags.DEFINE_integer("seed", 0, "The seed of every random number of the run.")
-flags.DEFINE_string("out_dir", None, "Where metrics, checkpoints and summaries go.")
+flags.DEFINE_string(
+    "out_dir", None, "Where metrics, checkpoints and summaries go (runs/<task>_<objective>)."
+)
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "Distribution strategy.")
 flags.DEFINE_integer(
     "num_cpu_devices", 0, "Split the CPU into this many logical devices (0: leave it alone)."
@@ -301,9 +303,7 @@ def run(
         "context" for conditional models).
       task: a name for the console and the metrics ("mnist", "structured_mnist").
     """
-    if FLAGS.out_dir is None:
-        raise ValueError("--out_dir is required: where metrics and checkpoints go.")
-    out_dir = pathlib.Path(FLAGS.out_dir)
+    out_dir = pathlib.Path(FLAGS.out_dir or f"runs/{task}_{FLAGS.objective}")
     out_dir.mkdir(parents=True, exist_ok=True)
     configure_devices()
     make_objective()  # checks the objective's flags before any data are loaded
