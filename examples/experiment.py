@@ -29,9 +29,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
-from absl import flags
+from absl import flags, logging
 
 import mcobjectives as mco
+
+import mnist_data
 
 tfd = tfp.distributions
 
@@ -40,6 +42,17 @@ OBJECTIVES = ("iwae", "vae", "miwae", "ciwae", "piwae", "rws", "jvi", "stl", "dr
 NUM_STAGES = 8
 PAPER_EPOCHS = sum(3**i for i in range(NUM_STAGES))  # 3280
 
+flags.DEFINE_enum(
+    "dataset",
+    "mnist",
+    ["mnist", "binarized_mnist"],
+    "mnist (dynamically binarized) or binarized_mnist (Larochelle's fixed binarization).",
+)
+flags.DEFINE_bool(
+    "download",
+    True,
+    "Let TFDS download the dataset if it is not prepared (else use the bundled subset).",
+)
 flags.DEFINE_enum("objective", "iwae", OBJECTIVES, "The training objective.")
 flags.DEFINE_integer(
     "num_samples", 64, "Samples per data point: K, or the budget M * K for miwae and piwae."
@@ -289,7 +302,6 @@ def make_strategy() -> tf.distribute.Strategy | None:
 # ------------------------------------------------------------------------------- a run
 def run(
     *,
-    load_data: Callable[[], object],
     build_model: Callable[[mco.MCObjective, np.ndarray], mco.ImportanceWeightedAutoencoder],
     to_batch: Callable[[tf.Tensor], dict],
     task: str,
@@ -297,7 +309,6 @@ def run(
     """Trains and evaluates; returns the metrics written to <out_dir>/metrics.json.
 
     Args:
-      load_data: () -> an `mnist_data.MnistData`; called after the devices are set up.
       build_model: (objective, training images) -> an unbuilt model.
       to_batch: binarized images [B, 784] -> the model's batch dict ({"x": ...}, plus
         "context" for conditional models).
@@ -305,9 +316,10 @@ def run(
     """
     out_dir = pathlib.Path(FLAGS.out_dir or f"runs/{task}_{FLAGS.objective}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    logging.set_verbosity(logging.WARNING)
     configure_devices()
     make_objective()  # checks the objective's flags before any data are loaded
-    data = load_data()
+    data = mnist_data.load_mnist(FLAGS.dataset, download=FLAGS.download)
     strategy = make_strategy()
     # Initial weights from the seed too: an interrupted and an uninterrupted run agree.
     keras.utils.set_random_seed(FLAGS.seed)

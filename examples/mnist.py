@@ -27,27 +27,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
-from absl import app, flags, logging
+from absl import app, flags
 
 import mcobjectives as mco
 
 import experiment
-import mnist_data
 
 tfd = tfp.distributions
-
-flags.DEFINE_enum(
-    "dataset",
-    "mnist",
-    ["mnist", "binarized_mnist"],
-    "mnist (dynamically binarized) or binarized_mnist (Larochelle's fixed binarization).",
-)
-
-flags.DEFINE_bool(
-    "download",
-    True,
-    "Let TFDS download the dataset if it is not prepared (else use the bundled subset).",
-)
 
 FLAGS = flags.FLAGS
 
@@ -69,13 +55,7 @@ def build_model(objective: mco.MCObjective, train_images: np.ndarray):
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
-    experiment.run(
-        load_data=lambda: mnist_data.load_mnist(FLAGS.dataset, download=FLAGS.download),
-        build_model=build_model,
-        to_batch=lambda x: {"x": x},
-        task="mnist",
-    )
+    experiment.run(build_model=build_model, to_batch=lambda x: {"x": x}, task="mnist")
 
 
 if __name__ == "__main__":

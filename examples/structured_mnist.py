@@ -17,24 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import app, flags
 
 import mcobjectives as mco
 
 import experiment
-import mnist_data
 
-flags.DEFINE_enum(
-    "dataset",
-    "mnist",
-    ["mnist", "binarized_mnist"],
-    "mnist (dynamically binarized) or binarized_mnist (Larochelle's fixed binarization).",
-)
-flags.DEFINE_bool(
-    "download",
-    True,
-    "Let TFDS download the dataset if it is not prepared (else use the bundled subset).",
-)
 FLAGS = flags.FLAGS
 FLAGS.set_default("batch_size", 32)
 FLAGS.set_default("learning_rate", 3e-4)
@@ -64,13 +52,7 @@ def build_model(objective: mco.MCObjective, train_images: np.ndarray):
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
-    experiment.run(
-        load_data=lambda: mnist_data.load_mnist(FLAGS.dataset, download=FLAGS.download),
-        build_model=build_model,
-        to_batch=to_batch,
-        task="structured_mnist",
-    )
+    experiment.run(build_model=build_model, to_batch=to_batch, task="structured_mnist")
 
 
 if __name__ == "__main__":
