@@ -2,8 +2,8 @@ r"""Plot test IWAE-64 and log p^(x) against training step for several training r
 
 The figure follows Rainforth et al. (2018), "Tighter variational bounds are not necessarily
 better", figure 5: the left panel shows the test IWAE-64 bound and the right panel the test
-log p^(x) estimate (K = 5000), one line per run. Each run is a `metrics.json` written by
-`examples/mnist.py --out_dir=DIR`.
+log p^(x) estimate (K is the runs' --eval_num_samples, 5000 by default), one line per
+run. Each run is a `metrics.json` written by `examples/mnist.py --out_dir=DIR`.
 
 Usage:
 
@@ -32,7 +32,7 @@ BUNDLED_SUBSET = "mnist-bundled-subset"
 SUBSET_NOTE = "bundled MNIST subset: not comparable with full MNIST"
 X_LABEL = "training step"
 IWAE_LABEL = "test IWAE-64 (nats)"
-LOG_PX_LABEL = r"test $\log\,\hat{p}(x)$, $K$ = 5000 (nats)"
+LOG_PX_LABEL = r"test $\log\,\hat{p}(x)$, $K$ = %s (nats)"
 DEFAULT_TITLE = "Test bounds during training"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")
 
@@ -52,6 +52,7 @@ class Run:
       steps: the training step of each evaluation, in increasing order.
       iwae64: the test IWAE-64 at each evaluation (nan where missing).
       log_px: the test log p^(x) estimate at each evaluation (nan where missing).
+      log_px_samples: K of the log p^(x) estimate (the run's eval_num_samples), if recorded.
     """
 
     path: pathlib.Path
@@ -62,6 +63,7 @@ class Run:
     steps: tuple[int, ...]
     iwae64: tuple[float, ...]
     log_px: tuple[float, ...]
+    log_px_samples: int | None = None
 
     @property
     def is_bundled_subset(self) -> bool:
@@ -121,6 +123,7 @@ def load_run(path: str | pathlib.Path) -> Run:
         steps=tuple(int(e["step"]) for e in evaluations),
         iwae64=tuple(_number(e.get("iwae64")) for e in evaluations),
         log_px=tuple(_number(e.get("log_px")) for e in evaluations),
+        log_px_samples=(data.get("config") or {}).get("eval_num_samples"),
     )
 
 
@@ -228,7 +231,9 @@ def plot(
         style = {"marker": marker, "markersize": 5, "linewidth": 1.5, "label": label}
         (line,) = left.plot(run.steps, run.iwae64, **style)
         right.plot(run.steps, run.log_px, color=line.get_color(), **style)
-    for ax, ylabel in ((left, IWAE_LABEL), (right, LOG_PX_LABEL)):
+    samples = {run.log_px_samples for run in runs}
+    k = str(samples.pop()) if len(samples) == 1 and None not in samples else "per run"
+    for ax, ylabel in ((left, IWAE_LABEL), (right, LOG_PX_LABEL % k)):
         ax.set_xlabel(X_LABEL)
         ax.set_ylabel(ylabel)
         if log_x:

@@ -52,7 +52,13 @@ def _metrics(
                 "seconds": 12.0 * (i + 1),
             }
         )
-    config = {"objective": objective, "num_samples": num_samples, "batch_size": 20, "seed": 0}
+    config = {
+        "objective": objective,
+        "num_samples": num_samples,
+        "batch_size": 20,
+        "seed": 0,
+        "eval_num_samples": 5000,
+    }
     return {
         "dataset": dataset,
         "objective": objective,
@@ -159,6 +165,7 @@ def test_load_runs_directory_argument(runs, capsys):
     assert iwae.iwae64[-1] == pytest.approx(-88.4, abs=0.01)
     assert iwae.log_px[-1] == pytest.approx(-87.3, abs=0.01)
     assert not iwae.is_bundled_subset and miwae.is_bundled_subset
+    assert iwae.log_px_samples == 5000  # the K of log p^(x), from the run's config
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
         module.load_runs([runs[0].parent / "no_such_dir"])
 
