@@ -5,7 +5,7 @@ loss whose value is the negative bound and whose gradients are the objective's
 estimators for the model and inference networks.
 """
 
-from mcobjectives import networks, sampling, weights
+from mcobjectives import diagnostics, networks, sampling, weights
 from mcobjectives.autoencoder import ImportanceWeightedAutoencoder, make_train_step
 from mcobjectives.base import Coefficients, Gradients, LogJoint, MCObjective, ObjectiveResult
 from mcobjectives.dreg import STL, DReG
@@ -40,6 +40,7 @@ __all__ = [
     "MCObjective",
     "ObjectiveResult",
     "active_units",
+    "diagnostics",
     "effective_sample_size",
     "leave_one_out_logsumexp",
     "log_marginal_estimate",

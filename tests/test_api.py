@@ -82,9 +82,9 @@ def test_star_import_gives_all():
     assert set(namespace) == set(mco.__all__)
 
 
-@pytest.mark.parametrize("name", ["networks", "sampling", "weights"])
+@pytest.mark.parametrize("name", ["diagnostics", "networks", "sampling", "weights"])
 def test_submodules_exported(name):
-    """`networks`, `sampling` and `weights` are exported as modules."""
+    """`diagnostics`, `networks`, `sampling` and `weights` are exported as modules."""
     assert isinstance(getattr(mco, name), types.ModuleType)
 
 

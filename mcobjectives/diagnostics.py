@@ -1,0 +1,449 @@
+"""Gradient statistics of Monte Carlo estimators: SNR, DSNR, bias, variance and RMSE.
+
+A *gradient estimator* here is a function `estimator(seed) -> nest of tensors`: one
+stochastic gradient estimate per stateless seed (for instance the gradient of an
+objective's bound w.r.t. a network's variables, from `make_gradient_estimator`).
+`gradient_statistics` draws many independent estimates, R of them, from seeds split
+once from one seed, and returns per-parameter statistics:
+
+    mean            E[Delta]                       (sample mean over the R estimates)
+    variance        Var[Delta]                     (unbiased sample variance)
+    snr             |E[Delta]| / sqrt(Var[Delta])  Rainforth et al. (2018), eq. 4 [1]
+    dsnr            E[ ||Delta_par|| / ||Delta_perp|| ], Delta_par = (Delta . u) u and
+                    Delta_perp = Delta - Delta_par, with u = E[Delta] / ||E[Delta]||
+                    (the estimator's own mean) or a given direction, e.g. the mean of
+                    the K = 1000 estimator; eq. 12 of [1] (figures 3 and 4)
+    squared_bias    (E[Delta] - E[Delta_ref])^2 against a reference estimator evaluated
+                    on the same seeds, with the paired t statistic of the difference;
+                    Tucker et al. (2019), figure 1 and section 6.1 [2]
+    rmse            sqrt(E ||Delta - g||^2) against a given true gradient g; [1],
+                    appendix C.2
+
+Statistics are computed per leaf of the estimator's output: per parameter (mean,
+variance, snr, squared_bias, bias_t_statistic) or per leaf as one vector (dsnr, rmse).
+To take the DSNR of several tensors jointly (all of an inference network, say), return
+them concatenated as one leaf.
+
+Estimates are drawn in chunks of `chunk_size`, each chunk one vectorized computation
+(`tf.vectorized_map` over the chunk's seeds, so R estimates cost a few batched kernels,
+not R tape calls), and are reduced into running float64 moments (Chan et al.'s pairwise
+update), so memory is bounded by one chunk. Estimate r always uses the r-th seed of
+`stateless_split(seed, R)`: the result does not depend on `chunk_size`, and a
+reference estimator sees exactly the draws of the estimator it is compared with.
+DSNR against the estimator's own mean needs that mean first: the estimates are kept
+when they fit in `max_stored_elements`, and are otherwise drawn again from the same
+seeds in a second pass.
+
+References:
+  [1] Rainforth, Kosiorek, Le, Maddison, Igl, Wood, Teh. Tighter Variational Bounds
+      are Not Necessarily Better. ICML 2018.
+  [2] Tucker, Lawson, Gu, Maddison. Doubly Reparameterized Gradient Estimators for
+      Monte Carlo Objectives. ICLR 2019.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from mcobjectives import _checks, sampling
+from mcobjectives.base import ObjectiveResult
+
+__all__ = [
+    "GradientEstimator",
+    "GradientStatistics",
+    "gradient_estimates",
+    "gradient_statistics",
+    "log_log_slope",
+    "make_gradient_estimator",
+    "random_direction_dsnr",
+]
+
+GradientEstimator = Callable[[tf.Tensor], Any]
+"""A function from a shape-[2] int32 stateless seed to one gradient estimate (a nest)."""
+
+_OWN_MEAN = "mean"
+
+
+class GradientStatistics(NamedTuple):
+    """Statistics of R gradient estimates; nests mirror the estimator's output.
+
+    Attributes:
+      num_estimates: R.
+      mean: per-parameter sample mean (float64 arrays).
+      variance: per-parameter unbiased sample variance.
+      snr: per-parameter |mean| / sqrt(variance) (inf where the variance is 0).
+      dsnr: per leaf, the mean over estimates of ||Delta_par|| / ||Delta_perp||; None
+        unless requested.
+      dsnr_quartiles: per leaf, the (25%, 75%) quantiles of those ratios.
+      squared_bias: per-parameter (mean - reference mean)^2; None without a reference.
+      bias_t_statistic: per-parameter paired t statistic of estimate - reference
+        (mean difference over its standard error); 0 where the two are identical.
+      reference_mean: per-parameter mean of the reference estimator.
+      reference_variance: per-parameter variance of the reference estimator.
+      rmse: per leaf, sqrt(mean over estimates of ||Delta - g||^2); None without g.
+      rmse_quartiles: per leaf, the (25%, 75%) quantiles of ||Delta - g||.
+      estimates: every estimate, [R, ...] per leaf, if `keep_estimates`; else None.
+    """
+
+    num_estimates: int
+    mean: Any
+    variance: Any
+    snr: Any
+    dsnr: Any = None
+    dsnr_quartiles: Any = None
+    squared_bias: Any = None
+    bias_t_statistic: Any = None
+    reference_mean: Any = None
+    reference_variance: Any = None
+    rmse: Any = None
+    rmse_quartiles: Any = None
+    estimates: Any = None
+
+
+def make_gradient_estimator(
+    loss_fn: Callable[[tf.Tensor], tf.Tensor | ObjectiveResult],
+    variables: Any,
+) -> GradientEstimator:
+    """The estimator seed -> -d loss_fn(seed) / d variables, the gradient of the bound.
+
+    Estimates are ascent directions of the bound (minus the loss gradient), the sign
+    of the papers' Delta: a direction, a true gradient or a reference then has the
+    bound's sign.
+
+    Args:
+      loss_fn: seed -> a scalar loss, or an `ObjectiveResult` (its `loss` is used),
+        e.g. `lambda seed: objective(q_fn(), log_joint, seed=seed)`. It must build its
+        distributions inside the call so that the tape sees the variables.
+      variables: a nest (list, dict, ...) of `tf.Variable`s; the estimate has the same
+        structure. Unconnected variables get zeros.
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be a callable seed -> loss, got {type(loss_fn)}.")
+    flat = tf.nest.flatten(variables)
+    if not flat:
+        raise ValueError("`variables` is empty: pass the variables to differentiate.")
+    for v in flat:
+        if not isinstance(v, tf.Variable):
+            raise TypeError(
+                f"`variables` must hold tf.Variables, got {type(v).__name__}: wrap parameter "
+                "tensors in tf.Variable (the estimator differentiates w.r.t. variables)."
+            )
+
+    def estimator(seed):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(flat)
+            out = loss_fn(seed)
+        loss = out.loss if isinstance(out, ObjectiveResult) else out
+        grads = tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return tf.nest.pack_sequence_as(variables, [-g for g in grads])
+
+    return estimator
+
+
+def _check_estimator(name: str, estimator) -> None:
+    if not callable(estimator):
+        raise TypeError(
+            f"`{name}` must be a callable seed -> nest of gradient tensors, got "
+            f"{type(estimator).__name__}; see mcobjectives.diagnostics.make_gradient_estimator."
+        )
+
+
+def _split_seeds(seed, num_estimates: int) -> tf.Tensor:
+    seed = sampling.stateless_seed(seed)
+    return tf.cast(tf.random.experimental.stateless_split(seed, num_estimates), tf.int32)
+
+
+class _Sampler:
+    """Draws chunks of estimates of one or more estimators on the same seeds."""
+
+    def __init__(self, estimators: Sequence[GradientEstimator], jit_compile: bool):
+        def draw(seeds):
+            return tf.vectorized_map(
+                lambda s: tuple(f(s) for f in estimators), seeds, fallback_to_while_loop=True
+            )
+
+        self._draw = tf.function(draw, jit_compile=jit_compile)
+        self.structure = None  # the first estimator's output nest, once drawn
+
+    def __call__(self, seeds: tf.Tensor) -> list:
+        # pfor has no converter for the stateless RNG kernels and runs just those as a
+        # while loop (cheap: it only fills the noise); it warns once per trace.
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            out = self._draw(seeds)
+        finally:
+            logger.setLevel(level)
+        self.structure = out[0]
+        return [[np.asarray(t, np.float64) for t in tf.nest.flatten(o)] for o in out]
+
+
+class _Moments:
+    """Running count, mean and sum of squared deviations of [n, ...] chunks (Chan et al.)."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, None, None
+
+    def update(self, chunk: np.ndarray) -> None:
+        n = chunk.shape[0]
+        mean = chunk.mean(axis=0)
+        m2 = ((chunk - mean) ** 2).sum(axis=0)
+        if self.count == 0:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / (self.count - 1)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, with 0/0 = 0 and x/0 = inf."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.abs(numerator) / denominator
+    return np.where((numerator == 0) & (denominator == 0), 0.0, out)
+
+
+def _unit(direction: np.ndarray, what: str) -> np.ndarray:
+    norm = np.linalg.norm(direction)
+    if not np.isfinite(norm) or norm == 0:
+        raise ValueError(f"the DSNR direction ({what}) has norm {norm}: it must be nonzero.")
+    return direction / norm
+
+
+def _directional_ratios(chunk: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """||Delta_par|| / ||Delta_perp|| for each estimate of a [n, ...] chunk."""
+    flat = chunk.reshape(chunk.shape[0], -1)
+    parallel = flat @ unit.reshape(-1)
+    perpendicular = np.linalg.norm(flat - parallel[:, None] * unit.reshape(1, -1), axis=1)
+    return _ratio(parallel, perpendicular)
+
+
+def _as_leaves(name: str, value, count: int) -> list[np.ndarray]:
+    leaves = tf.nest.flatten(value)
+    if len(leaves) != count:
+        raise ValueError(
+            f"`{name}` has {len(leaves)} leaves but the estimator returns {count}: give it "
+            "the estimator's structure."
+        )
+    return [np.asarray(leaf, np.float64) for leaf in leaves]
+
+
+def _check_shapes(name: str, leaves: list[np.ndarray], shapes: list[tuple]) -> None:
+    for i, (leaf, shape) in enumerate(zip(leaves, shapes, strict=True)):
+        if leaf.shape != shape:
+            raise ValueError(
+                f"`{name}` leaf {i} has shape {leaf.shape}, but the estimate's is {shape}."
+            )
+
+
+def _quartiles(values: np.ndarray) -> tuple[float, float]:
+    return float(np.quantile(values, 0.25)), float(np.quantile(values, 0.75))
+
+
+def gradient_statistics(
+    estimator: GradientEstimator,
+    num_estimates: int,
+    seed,
+    *,
+    chunk_size: int = 256,
+    reference: GradientEstimator | None = None,
+    dsnr_direction: Any = None,
+    true_gradient: Any = None,
+    keep_estimates: bool = False,
+    jit_compile: bool = False,
+    max_stored_elements: int = 2**26,
+) -> GradientStatistics:
+    """Per-parameter mean, variance and SNR of `num_estimates` gradient estimates.
+
+    Args:
+      estimator: seed -> one gradient estimate, a nest of float tensors (see
+        `make_gradient_estimator`). It is traced once per chunk shape under
+        `tf.vectorized_map`, so it must be traceable (no Python side effects).
+      num_estimates: R >= 2, the number of independent estimates.
+      seed: a stateless seed (int or shape-[2] integer tensor); estimate r uses the
+        r-th of `tf.random.experimental.stateless_split(seed, R)`.
+      chunk_size: estimates per vectorized computation; bounds memory. Default 256.
+      reference: an optional second estimator, evaluated on the same seeds (paired):
+        gives `squared_bias`, `bias_t_statistic`, `reference_mean` and
+        `reference_variance` (e.g. IWAE's estimator as the reference of STL's).
+      dsnr_direction: None (no DSNR), "mean" (u = the estimator's own mean), or a nest
+        like the estimate giving u per leaf (e.g. the mean of another estimator).
+      true_gradient: an optional nest like the estimate: gives `rmse`.
+      keep_estimates: also return every estimate (R times the estimate's size).
+      jit_compile: compile each chunk with XLA.
+      max_stored_elements: for dsnr_direction="mean", estimates up to this many
+        numbers are kept for the DSNR pass; beyond it they are drawn again.
+
+    Returns:
+      A `GradientStatistics` of float64 NumPy arrays and floats.
+    """
+    _check_estimator("estimator", estimator)
+    if reference is not None:
+        _check_estimator("reference", reference)
+    num_estimates = _checks.check_count("num_estimates", num_estimates, minimum=2)
+    chunk_size = _checks.check_count("chunk_size", chunk_size)
+    max_stored_elements = _checks.check_count("max_stored_elements", max_stored_elements, 0)
+    _checks.check_seed(seed)
+    for name, flag in (("keep_estimates", keep_estimates), ("jit_compile", jit_compile)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
+    own_mean = isinstance(dsnr_direction, str)
+    if own_mean and dsnr_direction != _OWN_MEAN:
+        raise ValueError(
+            f'`dsnr_direction` must be None, "mean" or a nest of arrays, got {dsnr_direction!r}.'
+        )
+
+    seeds = _split_seeds(seed, num_estimates)
+    sampler = _Sampler([estimator] if reference is None else [estimator, reference], jit_compile)
+    starts = range(0, num_estimates, chunk_size)
+
+    moments = reference_moments = difference_moments = None
+    units = truth = shapes = None
+    ratios, errors, kept = [], [], []
+    for start in starts:
+        drawn = sampler(seeds[start : start + chunk_size])
+        chunk = drawn[0]
+        if moments is None:
+            shapes = [c.shape[1:] for c in chunk]
+            moments = [_Moments() for _ in chunk]
+            if reference is not None:
+                _check_shapes("reference", [r[0] for r in drawn[1]], shapes)
+                reference_moments = [_Moments() for _ in chunk]
+                difference_moments = [_Moments() for _ in chunk]
+            if dsnr_direction is not None and not own_mean:
+                directions = _as_leaves("dsnr_direction", dsnr_direction, len(chunk))
+                _check_shapes("dsnr_direction", directions, shapes)
+                units = [_unit(d, "dsnr_direction") for d in directions]
+            if true_gradient is not None:
+                truth = _as_leaves("true_gradient", true_gradient, len(chunk))
+                _check_shapes("true_gradient", truth, shapes)
+        for i, leaf in enumerate(chunk):
+            moments[i].update(leaf)
+        if reference is not None:
+            for i, (leaf, ref) in enumerate(zip(chunk, drawn[1], strict=True)):
+                reference_moments[i].update(ref)
+                difference_moments[i].update(leaf - ref)
+        if units is not None:
+            ratios.append([_directional_ratios(c, u) for c, u in zip(chunk, units, strict=True)])
+        if truth is not None:
+            errors.append(
+                [
+                    np.linalg.norm((c - t).reshape(c.shape[0], -1), axis=1)
+                    for c, t in zip(chunk, truth, strict=True)
+                ]
+            )
+        if keep_estimates or (own_mean and _fits(num_estimates, shapes, max_stored_elements)):
+            kept.append(chunk)
+
+    if own_mean:
+        units = [_unit(m.mean, "the estimator's mean") for m in moments]
+        if kept:
+            chunks = kept
+        else:
+            chunks = (sampler(seeds[s : s + chunk_size])[0] for s in starts)
+        ratios = [
+            [_directional_ratios(c, u) for c, u in zip(chunk, units, strict=True)]
+            for chunk in chunks
+        ]
+
+    def pack(leaves):
+        return tf.nest.pack_sequence_as(sampler.structure, list(leaves))
+
+    def per_leaf(per_chunk):
+        return [np.concatenate(column) for column in zip(*per_chunk, strict=True)]
+
+    stats = dict(
+        num_estimates=num_estimates,
+        mean=pack(m.mean for m in moments),
+        variance=pack(m.variance for m in moments),
+        snr=pack(_ratio(m.mean, np.sqrt(m.variance)) for m in moments),
+    )
+    if ratios:
+        leaves = per_leaf(ratios)
+        stats["dsnr"] = pack(float(r.mean()) for r in leaves)
+        stats["dsnr_quartiles"] = pack(_quartiles(r) for r in leaves)
+    if reference is not None:
+        stats["squared_bias"] = pack(d.mean**2 for d in difference_moments)
+        stats["bias_t_statistic"] = pack(
+            np.sign(d.mean) * _ratio(d.mean, np.sqrt(d.variance / d.count))
+            for d in difference_moments
+        )
+        stats["reference_mean"] = pack(r.mean for r in reference_moments)
+        stats["reference_variance"] = pack(r.variance for r in reference_moments)
+    if errors:
+        leaves = per_leaf(errors)
+        stats["rmse"] = pack(float(np.sqrt(np.mean(e**2))) for e in leaves)
+        stats["rmse_quartiles"] = pack(_quartiles(e) for e in leaves)
+    if keep_estimates:
+        stats["estimates"] = pack(per_leaf(kept))
+    return GradientStatistics(**stats)
+
+
+def _fits(num_estimates: int, shapes, max_stored_elements: int) -> bool:
+    return num_estimates * sum(math.prod(s) for s in shapes) <= max_stored_elements
+
+
+def gradient_estimates(
+    estimator: GradientEstimator,
+    num_estimates: int,
+    seed,
+    *,
+    chunk_size: int = 256,
+    jit_compile: bool = False,
+) -> Any:
+    """Every one of `num_estimates` estimates, as a nest of float64 arrays [R, ...].
+
+    The same draws as `gradient_statistics` with the same seed (e.g. for histograms).
+    """
+    return gradient_statistics(
+        estimator,
+        num_estimates,
+        seed,
+        chunk_size=chunk_size,
+        keep_estimates=True,
+        jit_compile=jit_compile,
+    ).estimates
+
+
+def random_direction_dsnr(dim: int) -> float:
+    """E[|g . u| / ||g - (g . u) u||] for g ~ N(0, I_dim) and any unit u (dim >= 3).
+
+    The DSNR of pure noise, the floor drawn in Rainforth et al.'s figures 3 and 4:
+    |g . u| ~ |N(0, 1)| is independent of ||g_perp|| ~ chi_(dim - 1), so the value is
+    sqrt(2/pi) * Gamma((dim - 2)/2) / (sqrt(2) Gamma((dim - 1)/2)).
+    """
+    dim = _checks.check_count("dim", dim, minimum=3)
+    log_ratio = math.lgamma((dim - 2) / 2) - math.lgamma((dim - 1) / 2)
+    return math.exp(log_ratio) / math.sqrt(math.pi)
+
+
+def log_log_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """The least-squares slope of log y against log x (e.g. of SNR against K).
+
+    Raises:
+      ValueError: if fewer than two points are given, or any x or y is not positive
+        and finite.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1 or x.size < 2:
+        raise ValueError(
+            f"`x` and `y` must be 1-D of one length >= 2, got shapes {x.shape} and {y.shape}."
+        )
+    for name, values in (("x", x), ("y", y)):
+        if not np.all(np.isfinite(values) & (values > 0)):
+            raise ValueError(f"`{name}` must be positive and finite for a log-log fit: {values}")
+    slope, _ = np.polyfit(np.log(x), np.log(y), 1)
+    return float(slope)
