@@ -43,11 +43,11 @@ References:
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -120,20 +120,15 @@ def make_gradient_estimator(
       loss_fn: seed -> a scalar loss, or an `ObjectiveResult` (its `loss` is used),
         e.g. `lambda seed: objective(q_fn(), log_joint, seed=seed)`. It must build its
         distributions inside the call so that the tape sees the variables.
-      variables: a nest (list, dict, ...) of `tf.Variable`s; the estimate has the same
-        structure. Unconnected variables get zeros.
+      variables: a nest (list, dict, ...) of `tf.Variable`s or Keras 3 variables (e.g.
+        `model.inference_variables`); the estimate has the same structure. Unconnected
+        variables get zeros.
     """
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be a callable seed -> loss, got {type(loss_fn)}.")
-    flat = tf.nest.flatten(variables)
+    flat = [_as_tf_variable(v) for v in tf.nest.flatten(variables)]
     if not flat:
         raise ValueError("`variables` is empty: pass the variables to differentiate.")
-    for v in flat:
-        if not isinstance(v, tf.Variable):
-            raise TypeError(
-                f"`variables` must hold tf.Variables, got {type(v).__name__}: wrap parameter "
-                "tensors in tf.Variable (the estimator differentiates w.r.t. variables)."
-            )
 
     def estimator(seed):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -144,6 +139,25 @@ def make_gradient_estimator(
         return tf.nest.pack_sequence_as(variables, [-g for g in grads])
 
     return estimator
+
+
+def _as_tf_variable(v) -> tf.Variable:
+    """`v` if a tf.Variable; for a Keras 3 variable, the tf.Variable that stores it.
+
+    A Keras 3 variable (TensorFlow backend) is not a tf.Variable and `GradientTape.watch`
+    refuses it, but the layers read the tf.Variable it holds, so watching that one gives
+    the gradient.
+    """
+    if isinstance(v, tf.Variable):
+        return v
+    if isinstance(v, keras.Variable):
+        stored = v.value
+        if isinstance(stored, tf.Variable):
+            return stored
+    raise TypeError(
+        f"`variables` must hold tf.Variables (or Keras variables), got {type(v).__name__}: "
+        "wrap parameter tensors in tf.Variable (the estimator differentiates w.r.t. variables)."
+    )
 
 
 def _check_estimator(name: str, estimator) -> None:
@@ -163,6 +177,9 @@ class _Sampler:
     """Draws chunks of estimates of one or more estimators on the same seeds."""
 
     def __init__(self, estimators: Sequence[GradientEstimator], jit_compile: bool):
+        # The library's samplers vectorize fully; ops pfor cannot vectorize (TF's own
+        # stateless RNG, used by distributions `sampling` does not recognise) run as a
+        # while loop, with a warning from TensorFlow.
         def draw(seeds):
             return tf.vectorized_map(
                 lambda s: tuple(f(s) for f in estimators), seeds, fallback_to_while_loop=True
@@ -172,15 +189,7 @@ class _Sampler:
         self.structure = None  # the first estimator's output nest, once drawn
 
     def __call__(self, seeds: tf.Tensor) -> list:
-        # pfor has no converter for the stateless RNG kernels and runs just those as a
-        # while loop (cheap: it only fills the noise); it warns once per trace.
-        logger = tf.get_logger()
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            out = self._draw(seeds)
-        finally:
-            logger.setLevel(level)
+        out = self._draw(seeds)
         self.structure = out[0]
         return [[np.asarray(t, np.float64) for t in tf.nest.flatten(o)] for o in out]
 

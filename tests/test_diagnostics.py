@@ -156,7 +156,8 @@ def test_paired_bias_of_unbiased_and_shifted_estimators():
     t = result.bias_t_statistic["b"]
     print(f"DReG vs IWAE at K=1: max |t| {np.abs(t).max():.2f}, mean t^2 {np.mean(t**2):.2f}")
     assert np.abs(t).max() < 4.5
-    assert 0.4 < np.mean(t**2) < 1.8
+    # The mean of 20 squared t statistics is ~ chi2_20 / 20: 99.9% of it lies in [0.35, 2.27].
+    assert 0.35 < np.mean(t**2) < 2.27
     # The model gradients coincide draw by draw: zero bias, t defined as 0.
     np.testing.assert_array_equal(result.bias_t_statistic["mu"], 0.0)
     np.testing.assert_array_equal(result.squared_bias["mu"], 0.0)
