@@ -194,6 +194,26 @@ class _Sampler:
         return [[np.asarray(t, np.float64) for t in tf.nest.flatten(o)] for o in out]
 
 
+def _sampler(estimator, reference, jit_compile: bool) -> _Sampler:
+    """The traced sampler of these estimators, kept on `estimator` itself when possible.
+
+    Calling `gradient_statistics` again with the same estimator (at other parameter
+    values, say) then reuses its trace, and the trace lives as long as the estimator.
+    """
+    cache = getattr(estimator, "_mcobjectives_samplers", None)
+    if cache is None:
+        cache = {}
+        try:
+            estimator._mcobjectives_samplers = cache
+        except AttributeError:  # e.g. a bound method: no caching
+            pass
+    key = (reference, jit_compile)
+    if key not in cache:
+        estimators = [estimator] if reference is None else [estimator, reference]
+        cache[key] = _Sampler(estimators, jit_compile)
+    return cache[key]
+
+
 class _Moments:
     """Running count, mean and sum of squared deviations of [n, ...] chunks (Chan et al.)."""
 
@@ -316,7 +336,7 @@ def gradient_statistics(
         )
 
     seeds = _split_seeds(seed, num_estimates)
-    sampler = _Sampler([estimator] if reference is None else [estimator, reference], jit_compile)
+    sampler = _sampler(estimator, reference, jit_compile)
     starts = range(0, num_estimates, chunk_size)
 
     moments = reference_moments = difference_moments = None

@@ -1,0 +1,156 @@
+"""benchmarks/gaussian_snr.py: a quick sweep in-process and a tiny run from its command line.
+
+The quick sweep is probabilistic: IWAE and IWAE-DReG with 2000 estimates per setting at
+K in {1, 10, 100}, with the script's fixed seeds. It asserts the signs of the fitted
+slopes, which the theory puts far apart (IWAE's inference SNR falls like K^(-1/2), its
+generative SNR and IWAE-DReG's inference SNR rise like K^(1/2)), and that the paired t
+statistics of IWAE-DReG against IWAE look like N(0, 1) (max |t| < 4.5 over 60
+parameters, |t| < 4 along the signal direction at each K); it prints what it measured.
+
+The command-line run covers the other estimators (as estimators or as references: STL,
+IWAE-DReG, RWS-DReG, JVI-DReG, the VAE and MIWAE, paired with IWAE, RWS and JVI) with 16
+estimates at K and M in {1, 3}. It starts in the background when the module's first test
+needs it, so that it shares the machine's cores with the quick sweep; it checks the exit
+status, the keys of results.json and the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mcobjectives import diagnostics
+from tests.benchmark_cli import background_run, load_script
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = (
+    "--objectives=stl,iwae_dreg,rws_dreg,jvi_dreg,vae,miwae",
+    "--num_estimates=16",
+    "--chunk_size=16",
+    "--ks=1,3",
+    "--miwae_inner=2",
+    "--miwae_max_samples=6",
+)
+TIMEOUT = 300  # seconds
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """The tiny command-line run, started in the background."""
+    with background_run("gaussian_snr", TINY, tmp_path_factory.mktemp("gaussian_snr")) as run:
+        yield run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_cli_run(cli_run):
+    """Starts the command-line run before the module's first test."""
+
+
+def test_quick_sweep_slope_signs():
+    """Probabilistic: IWAE's phi SNR falls with K, IWAE-DReG's and IWAE's theta SNR rise."""
+    gaussian_snr = load_script("gaussian_snr")
+    config = gaussian_snr.Config(
+        num_estimates=1000,
+        ks=(1, 10, 100),
+        objectives=("iwae", "iwae_dreg"),
+        chunk_size=1000,
+    )
+    results = gaussian_snr.run_benchmark(config, log=print)
+    slopes = results["slopes"]
+
+    def median(name, estimator, network):
+        return slopes[name][estimator][network]["all"]["median"]
+
+    measured = {
+        "IWAE phi (plug-in)": median("iwae", "plug_in", "phi"),
+        "IWAE phi (via DReG)": median("iwae", "via_dreg", "phi"),
+        "IWAE theta": median("iwae", "plug_in", "theta"),
+        "IWAE-DReG phi": median("iwae_dreg", "plug_in", "phi"),
+    }
+    print(", ".join(f"{k}: {v:+.2f}" for k, v in measured.items()))
+    assert measured["IWAE phi (plug-in)"] < 0
+    assert measured["IWAE phi (via DReG)"] < 0
+    assert measured["IWAE-DReG phi"] > 0
+    assert measured["IWAE theta"] > 0
+    # The same-expectation pair passes its paired t test.
+    pooled = [
+        row
+        for row in results["bias_tests"]
+        if row["objective"] == "iwae_dreg" and not isinstance(row["n"], int)
+    ]
+    print(f"IWAE-DReG vs IWAE, pooled over K: {pooled[0]}")
+    assert pooled[0]["max_abs_t"] < 4.5
+    assert pooled[0]["t_u_max_abs"] < 4.0
+    # Every check is reported; at this R IWAE's plug-in SNR is below the noise floor.
+    statuses = {row["check"]: row["status"] for row in results["checks"]}
+    print(statuses)
+    assert statuses["IWAE phi (A, b) SNR in K"] == "below noise floor"
+
+
+def test_directional_snr_matches_the_library():
+    """The script's DSNR of kept estimates is the library's, for the same direction."""
+    gaussian_snr = load_script("gaussian_snr")
+
+    def estimator(seed):
+        return {"g": tf.random.stateless_normal([6], seed, dtype=tf.float64) + 0.5}
+
+    direction = np.array([1.0, 2.0, 0.0, -1.0, 0.5, 0.0])
+    stats = diagnostics.gradient_statistics(
+        estimator, 300, seed=4, dsnr_direction={"g": direction}, keep_estimates=True
+    )
+    mean, quartiles = gaussian_snr.directional_snr(stats.estimates["g"], direction)
+    assert mean == pytest.approx(stats.dsnr["g"], rel=1e-12)
+    np.testing.assert_allclose(quartiles, stats.dsnr_quartiles["g"], rtol=1e-12)
+
+
+def test_command_line(cli_run):
+    """The script runs from its command line with tiny flags and writes every output."""
+    process, out_dir = cli_run
+    try:
+        returncode = process.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the run took more than {TIMEOUT} s")
+    stdout = (out_dir / "stdout.txt").read_text()
+    stderr = (out_dir / "stderr.txt").read_text()
+    assert returncode == 0, f"exit {returncode}\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    assert "Slopes against theory" in stdout
+    assert "Paired bias t statistics" in stdout
+
+    gaussian_snr = load_script("gaussian_snr")
+    results = json.loads((out_dir / gaussian_snr.RESULTS_FILE).read_text())
+    for key in (
+        "config",
+        "problem",
+        "noise_floor",
+        "figure4_direction",
+        "runs",
+        "grids",
+        "slopes",
+        "checks",
+        "bias_tests",
+        "histogram_coordinates",
+        "seconds",
+    ):
+        assert key in results, key
+    assert set(results["runs"]) == {"stl", "iwae_dreg", "rws_dreg", "jvi_dreg", "vae", "miwae"}
+    grids = {"stl": [1, 3], "iwae_dreg": [1, 3], "rws_dreg": [3], "jvi_dreg": [3]}
+    assert results["grids"] == {**grids, "vae": [1, 3], "miwae": [1, 3]}
+    assert results["figure4_direction"]["objective"] == "iwae_dreg"
+    record = results["runs"]["stl"]["3"]
+    assert len(record["snr"]["phi"]) == 20 * 20 + 20 and len(record["snr"]["theta"]) == 20
+    for key in ("dsnr", "dsnr_k_max", "rmse_theta", "bias", "variance_mean", "snr_u"):
+        assert key in record, key
+    assert {"t", "t_u", "t_summary", "squared_bias_mean"} <= set(record["bias"])
+    assert results["slopes"]["vae"]["plug_in"]["phi"]["all"]["n"] == [1, 3]
+    assert {row["objective"] for row in results["bias_tests"]} == set(grids) | {"vae"}
+    checked = ["iwae_dreg", "vae", "vae", "miwae", "miwae"]
+    assert [c["objective"] for c in results["checks"]] == checked
+    for name in gaussian_snr.FIGURES:
+        data = (out_dir / name).read_bytes()
+        assert data.startswith(PNG_MAGIC), name
+        assert len(data) < 500_000, (name, len(data))
