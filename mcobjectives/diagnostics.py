@@ -79,7 +79,7 @@ class GradientStatistics(NamedTuple):
       variance: per-parameter unbiased sample variance.
       snr: per-parameter |mean| / sqrt(variance) (inf where the variance is 0).
       dsnr: per leaf, the mean over estimates of ||Delta_par|| / ||Delta_perp||; None
-        unless requested.
+        unless requested; NaN for a leaf of one number, or whose own mean is 0.
       dsnr_quartiles: per leaf, the (25%, 75%) quantiles of those ratios.
       squared_bias: per-parameter (mean - reference mean)^2; None without a reference.
       bias_t_statistic: per-parameter paired t statistic of estimate - reference
@@ -252,8 +252,18 @@ def _unit(direction: np.ndarray, what: str) -> np.ndarray:
     return direction / norm
 
 
-def _directional_ratios(chunk: np.ndarray, unit: np.ndarray) -> np.ndarray:
-    """||Delta_par|| / ||Delta_perp|| for each estimate of a [n, ...] chunk."""
+def _own_unit(mean: np.ndarray) -> np.ndarray | None:
+    """The unit direction of an estimator's mean; None (DSNR NaN) if 0 or one number."""
+    norm = np.linalg.norm(mean)
+    if mean.size < 2 or norm == 0 or not np.isfinite(norm):
+        return None
+    return mean / norm
+
+
+def _directional_ratios(chunk: np.ndarray, unit: np.ndarray | None) -> np.ndarray:
+    """||Delta_par|| / ||Delta_perp|| for each estimate of a [n, ...] chunk (NaN if no u)."""
+    if unit is None or unit.size < 2:
+        return np.full(chunk.shape[0], np.nan)
     flat = chunk.reshape(chunk.shape[0], -1)
     parallel = flat @ unit.reshape(-1)
     perpendicular = np.linalg.norm(flat - parallel[:, None] * unit.reshape(1, -1), axis=1)
@@ -279,6 +289,8 @@ def _check_shapes(name: str, leaves: list[np.ndarray], shapes: list[tuple]) -> N
 
 
 def _quartiles(values: np.ndarray) -> tuple[float, float]:
+    if np.all(np.isnan(values)):
+        return math.nan, math.nan
     return float(np.quantile(values, 0.25)), float(np.quantile(values, 0.75))
 
 
@@ -378,7 +390,7 @@ def gradient_statistics(
             kept.append(chunk)
 
     if own_mean:
-        units = [_unit(m.mean, "the estimator's mean") for m in moments]
+        units = [_own_unit(m.mean) for m in moments]
         if kept:
             chunks = kept
         else:

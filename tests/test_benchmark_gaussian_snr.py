@@ -54,7 +54,7 @@ def test_quick_sweep_slope_signs():
     """Probabilistic: IWAE's phi SNR falls with K, IWAE-DReG's and IWAE's theta SNR rise."""
     gaussian_snr = load_script("gaussian_snr")
     config = gaussian_snr.Config(
-        num_estimates=1000,
+        num_estimates=2000,
         ks=(1, 10, 100),
         objectives=("iwae", "iwae_dreg"),
         chunk_size=1000,

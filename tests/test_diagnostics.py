@@ -293,3 +293,16 @@ def test_keras_variables_and_one_trace_per_estimator():
     diagnostics.gradient_statistics(estimator, R, seed=3, chunk_size=500)
     (sampler,) = estimator._mcobjectives_samplers.values()
     assert sampler._draw.experimental_get_tracing_count() == 1
+
+
+def test_dsnr_is_nan_for_a_zero_mean_or_scalar_leaf():
+    """A leaf whose own mean is 0, or of one number, has DSNR NaN; the others are kept."""
+
+    def estimator(seed):
+        noise = mco.sampling.standard_normal([3], seed, tf.float64)
+        return {"zero": tf.zeros([3], tf.float64), "scalar": noise[0], "vector": 1.0 + noise}
+
+    result = diagnostics.gradient_statistics(estimator, 64, seed=0, dsnr_direction="mean")
+    assert math.isnan(result.dsnr["zero"]) and math.isnan(result.dsnr["scalar"])
+    assert all(math.isnan(q) for q in result.dsnr_quartiles["zero"])
+    assert 0 < result.dsnr["vector"] < math.inf
