@@ -46,6 +46,11 @@ and prints a summary table. Usage:
   python benchmarks/gaussian_snr.py                    # the default run
   python benchmarks/gaussian_snr.py --high_variance    # appendix C.3
   python benchmarks/gaussian_snr.py --num_estimates=2000 --ks=1,10,100 --objectives=iwae,vae
+  python benchmarks/gaussian_snr.py --objectives=iwae,vimco   # any mco.objective_names()
+
+Every estimator is built by `mco.make_objective` (`ESTIMATORS`: the papers' estimators above,
+then each other registered objective with its default arguments, in K, or in M bounds of
+`--miwae_inner` samples for PIWAE); results.json records each setting's `repr(objective)`.
 
 How
 ---
@@ -129,6 +134,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -179,34 +185,68 @@ class Estimator:
       name: the flag name, e.g. "iwae_dreg".
       label: the papers' name, e.g. "IWAE-DReG".
       axis: "K" (samples of one bound) or "M" (bounds averaged).
+      objective: the registered name it is built from with `mco.make_objective`
+        (default: `name`), e.g. "dreg".
+      kwargs: the other keyword arguments of `mco.make_objective`, e.g. {"alpha": 1.0}.
       reference: the estimator its bias is measured against, on the same draws.
       partner: the DReG estimator with the same expectation (for the SNR via DReG).
-      min_n: the smallest K or M it takes.
+      min_n: the smallest K or M it takes (at least the objective's `min_num_samples`).
     """
 
     name: str
     label: str
     axis: str
+    objective: str | None = None
+    kwargs: dict = dataclasses.field(default_factory=dict)
     reference: str | None = None
     partner: str | None = None
     min_n: int = 1
 
+    @property
+    def objective_class(self) -> type[mco.MCObjective]:
+        return mco.registry.OBJECTIVES[self.objective or self.name]
 
-ESTIMATORS = {
-    e.name: e
-    for e in (
-        Estimator("iwae", "IWAE", "K", partner="iwae_dreg"),
-        Estimator("stl", "STL", "K", reference="iwae"),
-        Estimator("iwae_dreg", "IWAE-DReG", "K", reference="iwae"),
-        Estimator("rws", "RWS", "K", partner="rws_dreg"),
-        # At K = 1, RWS-DReG's coefficient w~ - w~^2 is 0: its phi gradient is exactly 0.
-        Estimator("rws_dreg", "RWS-DReG", "K", reference="rws", min_n=2),
-        Estimator("jvi", "JVI", "K", partner="jvi_dreg", min_n=2),
-        Estimator("jvi_dreg", "JVI-DReG", "K", reference="jvi", min_n=2),
-        Estimator("vae", "VAE", "M", reference="iwae"),
-        Estimator("miwae", "MIWAE", "M"),
-    )
-}
+    @property
+    def grouped(self) -> bool:
+        """Whether n is M, the number of bounds of `--miwae_inner` samples (MIWAE, PIWAE)."""
+        return "num_outer" in inspect.signature(self.objective_class.__init__).parameters
+
+    @property
+    def smallest_n(self) -> int:
+        """The smallest K or M of its grid."""
+        if self.grouped:
+            return self.min_n
+        return max(self.min_n, self.objective_class.min_num_samples)
+
+
+# The estimators of the papers' figures, run by default.
+PAPER_ESTIMATORS = (
+    Estimator("iwae", "IWAE", "K", partner="iwae_dreg"),
+    Estimator("stl", "STL", "K", reference="iwae"),
+    Estimator("iwae_dreg", "IWAE-DReG", "K", "dreg", {"alpha": 0.0}, reference="iwae"),
+    Estimator("rws", "RWS", "K", partner="rws_dreg"),
+    # At K = 1, RWS-DReG's coefficient w~ - w~^2 is 0: its phi gradient is exactly 0.
+    Estimator("rws_dreg", "RWS-DReG", "K", "dreg", {"alpha": 1.0}, reference="rws", min_n=2),
+    Estimator("jvi", "JVI", "K", partner="jvi_dreg"),
+    Estimator("jvi_dreg", "JVI-DReG", "K", "jvi", {"dreg": True}, reference="jvi"),
+    Estimator("vae", "VAE", "M", reference="iwae"),
+    Estimator("miwae", "MIWAE", "M"),
+)
+DEFAULT_OBJECTIVES = tuple(e.name for e in PAPER_ESTIMATORS)
+
+
+def _estimators() -> dict[str, Estimator]:
+    """The papers' estimators, then every other registered objective with its defaults."""
+    estimators = {e.name: e for e in PAPER_ESTIMATORS}
+    for name in mco.objective_names():
+        if name not in estimators:
+            cls = mco.registry.OBJECTIVES[name]
+            grouped = "num_outer" in inspect.signature(cls.__init__).parameters
+            estimators[name] = Estimator(name, cls.__name__, "M" if grouped else "K")
+    return estimators
+
+
+ESTIMATORS = _estimators()
 COLORS = {
     "iwae": "tab:blue",
     "stl": "tab:orange",
@@ -218,36 +258,38 @@ COLORS = {
     "vae": "tab:red",
     "miwae": "tab:olive",
 }
+OTHER_COLORS = ("tab:cyan", "black", "gold", "navy", "lime", "teal", "maroon")
+
+
+def estimator_color(name: str) -> str:
+    """The estimator's color in the figures."""
+    if name in COLORS:
+        return COLORS[name]
+    others = [n for n in ESTIMATORS if n not in COLORS]
+    return OTHER_COLORS[others.index(name) % len(OTHER_COLORS)]
 
 
 def display_name(results: dict, name: str) -> str:
-    """The estimator's name in figures and tables (MIWAE's with its inner K)."""
-    if name == "miwae":
-        return f"MIWAE(K={results['config']['miwae_inner']})"
+    """The estimator's name in figures and tables (with the inner K of MIWAE, PIWAE)."""
+    if ESTIMATORS[name].grouped:
+        return f"{ESTIMATORS[name].label}(K={results['config']['miwae_inner']})"
     return ESTIMATORS[name].label
 
 
 def make_objective(name: str, n: int, miwae_inner: int) -> mco.MCObjective:
-    """The library's objective `name` with K (or M) = n."""
-    if name in ("iwae",):
-        return mco.IWAE(n)
-    if name == "stl":
-        return mco.STL(n)
-    if name == "iwae_dreg":
-        return mco.DReG(n, alpha=0.0)
-    if name == "rws":
-        return mco.RWS(n)
-    if name == "rws_dreg":
-        return mco.DReG(n, alpha=1.0)
-    if name == "jvi":
-        return mco.JVI(n)
-    if name == "jvi_dreg":
-        return mco.JVI(n, dreg=True)
-    if name == "vae":
-        return mco.VAE(n)
-    if name == "miwae":
-        return mco.MIWAE(n, miwae_inner)
-    raise ValueError(f"unknown objective {name!r}; choose from {', '.join(ESTIMATORS)}.")
+    """The library's objective of estimator `name` with K (or M) = n.
+
+    `mco.make_objective(spec.objective, n, **spec.kwargs)`; for the estimators in M of
+    grouped bounds (MIWAE) the budget is n * miwae_inner samples in n bounds.
+    """
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown objective {name!r}; choose from {', '.join(ESTIMATORS)}.")
+    spec = ESTIMATORS[name]
+    kwargs = dict(spec.kwargs)
+    if spec.grouped:
+        kwargs["num_outer"] = n
+        n *= miwae_inner
+    return mco.make_objective(spec.objective or spec.name, n, **kwargs)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -258,11 +300,12 @@ class Config:
     Attributes:
       num_estimates: R, the gradient estimates per setting.
       ks: the grid of K (and of M).
-      objectives: the estimators to run (names of `ESTIMATORS`).
+      objectives: the estimators to run (names of `ESTIMATORS`: the papers' estimators
+        and every other registered objective).
       high_variance: Rainforth's appendix C.3 point (offsets 0.5, q covariance I).
       batch_size: data points averaged in one estimate (the first ones of the data).
-      miwae_inner: K inside each of MIWAE's M bounds.
-      miwae_max_samples: MIWAE runs the M of the grid with M * miwae_inner <= this
+      miwae_inner: K inside each of MIWAE's (and PIWAE's) M bounds.
+      miwae_max_samples: MIWAE (PIWAE) runs the M of the grid with M * miwae_inner <= this
         (None: the largest K).
       chunk_size: estimates per vectorized computation.
       seed: the seed of the data, the offsets and every draw.
@@ -271,7 +314,7 @@ class Config:
 
     num_estimates: int = 10_000
     ks: tuple[int, ...] = DEFAULT_GRID
-    objectives: tuple[str, ...] = tuple(ESTIMATORS)
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     high_variance: bool = False
     batch_size: int = 1
     miwae_inner: int = 10
@@ -301,8 +344,8 @@ class Config:
     def grid(self, name: str) -> list[int]:
         """The K (or M) values `name` runs."""
         estimator = ESTIMATORS[name]
-        grid = [n for n in sorted(self.ks) if n >= estimator.min_n]
-        if name == "miwae":
+        grid = [n for n in sorted(self.ks) if n >= estimator.smallest_n]
+        if estimator.grouped:
             budget = self.miwae_max_samples or max(self.ks)
             grid = [m for m in grid if m * self.miwae_inner <= budget]
         return grid
@@ -564,8 +607,12 @@ def run_benchmark(config: Config, log: Callable[[str], None] = print) -> dict:
     for i, (name, n) in enumerate(plan):
         spec = ESTIMATORS[name]
 
-        def build(objective_name, n=n):
-            objective = make_objective(objective_name, n, config.miwae_inner)
+        objective = make_objective(name, n, config.miwae_inner)
+        reference = (
+            make_objective(spec.reference, n, config.miwae_inner) if spec.reference else None
+        )
+
+        def build(objective):
             return make_estimator(objective, variables, x, problem.sigma, u)
 
         t0 = time.perf_counter()
@@ -573,11 +620,11 @@ def run_benchmark(config: Config, log: Callable[[str], None] = print) -> dict:
         # of its ratios warn (inf - inf); they are not used.
         with np.errstate(invalid="ignore"):
             stats = diagnostics.gradient_statistics(
-                build(name),
+                build(objective),
                 config.num_estimates,
                 _seed(config.seed, n),
                 chunk_size=config.chunk_size,
-                reference=build(spec.reference) if spec.reference else None,
+                reference=build(reference) if reference is not None else None,
                 dsnr_direction="mean",
                 true_gradient=true_gradient,
                 keep_estimates=True,
@@ -599,6 +646,9 @@ def run_benchmark(config: Config, log: Callable[[str], None] = print) -> dict:
                 ),
             }
         record = _record(stats, direction, seconds)
+        record["objective"] = repr(objective)
+        if reference is not None:
+            record["reference_objective"] = repr(reference)
         results["runs"][name][str(n)] = record
         if name in histograms and n in HISTOGRAM_GRID:
             histograms[name][n] = {
@@ -1034,7 +1084,7 @@ def figure_snr(results: dict, path: pathlib.Path) -> None:
             if name not in runs or not runs[name]:
                 continue
             ns, values = _curve(results, name, "snr", network)
-            color = COLORS[name]
+            color = estimator_color(name)
             ax.plot(ns, values, color=color, lw=0.6, alpha=0.35)
             median = np.median(values, axis=1)
             spec = ESTIMATORS[name]
@@ -1083,7 +1133,7 @@ def figure_snr(results: dict, path: pathlib.Path) -> None:
                 ls=ls,
                 marker="o",
                 ms=3,
-                color=COLORS[name],
+                color=estimator_color(name),
                 label=f"{display_name(results, name)} ({spec.axis})",
             )
             if network == "phi":
@@ -1095,7 +1145,7 @@ def figure_snr(results: dict, path: pathlib.Path) -> None:
                         ls=":",
                         marker="s",
                         ms=3,
-                        color=COLORS[name],
+                        color=estimator_color(name),
                         label=f"{display_name(results, name)} via DReG",
                     )
         ax.axhline(floor, color="0.5", ls="-.", lw=1, label="noise floor")
@@ -1125,13 +1175,13 @@ def figure_dsnr(results: dict, path: pathlib.Path, key: str, title: str) -> None
                 marker="o",
                 ms=3,
                 lw=2.2 if bold else 1.0,
-                color=COLORS[name],
+                color=estimator_color(name),
                 label=f"{display_name(results, name)} ({spec.axis})",
             )
             if bold:
                 _, low = _series(results, name, lambda r, w=network: r[key + "_quartiles"][w][0])
                 _, high = _series(results, name, lambda r, w=network: r[key + "_quartiles"][w][1])
-                ax.fill_between(ns, low, high, color=COLORS[name], alpha=0.15, lw=0)
+                ax.fill_between(ns, low, high, color=estimator_color(name), alpha=0.15, lw=0)
         ax.axhline(floors[network], color="0.3", ls="-.", lw=1, label="random direction")
         what = r"inference network $\phi$" if network == "phi" else r"generative network $\mu$"
         _log_axes(ax, "K (solid) or M (dashed)", "DSNR", what)
@@ -1155,12 +1205,12 @@ def figure_rmse(results: dict, path: pathlib.Path) -> None:
             marker="o",
             ms=3,
             lw=2,
-            color=COLORS[name],
+            color=estimator_color(name),
             label=f"{display_name(results, name)} ({spec.axis})",
         )
         _, low = _series(results, name, lambda r: r["rmse_theta_quartiles"][0])
         _, high = _series(results, name, lambda r: r["rmse_theta_quartiles"][1])
-        ax.fill_between(ns, low, high, color=COLORS[name], alpha=0.15, lw=0)
+        ax.fill_between(ns, low, high, color=estimator_color(name), alpha=0.15, lw=0)
         if name == "iwae":
             _reference_line(ax, ns, ns[0], values[0], -0.5, "k", "slope -1/2")
     _log_axes(ax, "K or M", r"RMSE to $\nabla_\mu \log p(x)$", "")
@@ -1186,7 +1236,7 @@ def figure_tucker(results: dict, path: pathlib.Path) -> None:
                 continue
             spec = ESTIMATORS[name]
             label = "K ELBOs (VAE, M = K)" if name == "vae" else display_name(results, name)
-            color = COLORS[name]
+            color = estimator_color(name)
             ns, snr = _series(results, name, lambda r: r["snr_median"]["phi"])
             axes[row, 0].plot(ns, snr, marker="o", ms=3, color=color, label=label)
             ns, via = _series(results, name, lambda r: r["snr_via_dreg_median"]["phi"])
@@ -1251,7 +1301,12 @@ def define_flags() -> None:
     """Defines the command-line flags (only when run as a script: importing is side-free)."""
     flags.DEFINE_integer("num_estimates", 10_000, "Gradient estimates per setting (R).")
     flags.DEFINE_list("ks", [str(k) for k in DEFAULT_GRID], "The grid of K, and of M.")
-    flags.DEFINE_list("objectives", list(ESTIMATORS), "Estimators to run.")
+    flags.DEFINE_list(
+        "objectives",
+        list(DEFAULT_OBJECTIVES),
+        f"Estimators to run, from {', '.join(ESTIMATORS)} (the names of "
+        "mco.objective_names() with their default arguments, and the papers' estimators).",
+    )
     flags.DEFINE_bool("high_variance", False, "Offsets 0.5 and q covariance I (appendix C.3).")
     flags.DEFINE_integer("batch_size", 1, "Data points averaged in each estimate.")
     flags.DEFINE_integer("miwae_inner", 10, "K inside each of MIWAE's M bounds.")

@@ -53,6 +53,10 @@ IWAE vs IWAE-DReG and RWS vs RWS-DReG), and a summary table on stdout.
 
     python benchmarks/mnist_snr.py                       # default: 6 x 2000 steps
     python benchmarks/mnist_snr.py --objectives=iwae,dreg --steps=500 --eval_every=100
+    python benchmarks/mnist_snr.py --objectives=vimco    # any name of mco.objective_names()
+
+Each run's objective is `mco.make_objective(name, --num_samples, ...)`; results.json records
+its `repr` ("objective") next to the papers' name ("description").
 
 The default run (6 objectives x 2000 steps, 9 checkpoints, R = 200; 8 estimators per
 checkpoint: the 6 runs' own and the 2 DReG counterparts) used 27 CPU-minutes (1307 s user,
@@ -64,6 +68,7 @@ traces its vectorized chunk function anew, a few seconds), peak memory 2.1 GB.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -88,7 +93,11 @@ import mnist_data
 
 tfd = tfp.distributions
 
-ALL_OBJECTIVES = ("iwae", "piwae", "miwae", "ciwae", "dreg", "rws")
+# The runs of Rainforth et al.'s figure 8, trained by default; --objectives takes any name
+# of `mco.objective_names()` (and "rws_dreg").
+DEFAULT_OBJECTIVES = ("iwae", "piwae", "miwae", "ciwae", "dreg", "rws")
+# Each run's DReG counterpart, measured at the run's parameters (Tucker et al.'s figure 2).
+COUNTERPARTS = {"iwae": "dreg", "rws": "rws_dreg"}
 LAYERS = ("hidden_0", "hidden_1", "output")
 COLORS = {
     "iwae": "tab:blue",
@@ -99,9 +108,14 @@ COLORS = {
     "rws": "tab:brown",
     "rws_dreg": "tab:pink",
 }
+OTHER_COLORS = ("tab:gray", "tab:olive", "tab:cyan", "black", "gold", "navy")
 DEFAULT_OUT_DIR = pathlib.Path(__file__).resolve().parent / "results" / "mnist_snr"
 
-flags.DEFINE_list("objectives", list(ALL_OBJECTIVES), f"Objectives to train: {ALL_OBJECTIVES}.")
+flags.DEFINE_list(
+    "objectives",
+    list(DEFAULT_OBJECTIVES),
+    f"Objectives to train: names of mco.objective_names() {mco.objective_names()} or rws_dreg.",
+)
 flags.DEFINE_integer("steps", 2000, "Training steps per objective (the short budget).")
 flags.DEFINE_integer("eval_every", 250, "Steps between checkpoints (step 0 and the last too).")
 flags.DEFINE_integer("num_estimates", 200, "R, gradient estimates per estimator and checkpoint.")
@@ -132,34 +146,58 @@ FLAGS = flags.FLAGS
 
 
 # --------------------------------------------------------------------------- objectives
-def make_objectives() -> dict[str, tuple[str, Callable[[], mco.MCObjective]]]:
-    """name -> (description, constructor) for the budget the flags set."""
-    k, m = FLAGS.num_samples, FLAGS.num_outer
-    return {
-        "iwae": (f"IWAE(K={k})", lambda: mco.IWAE(k)),
-        "piwae": (f"PIWAE(M={m}, K={k // m})", lambda: mco.PIWAE(m, k // m)),
-        "miwae": (f"MIWAE(M={m}, K={k // m})", lambda: mco.MIWAE(m, k // m)),
-        "ciwae": (f"CIWAE(K={k}, beta={FLAGS.beta:g})", lambda: mco.CIWAE(k, FLAGS.beta)),
-        "dreg": (f"IWAE-DReG(K={k})", lambda: mco.DReG(k, 0.0)),
-        "rws": (f"RWS(K={k})", lambda: mco.RWS(k)),
-    }
+def objective_settings() -> dict[str, tuple[str, dict]]:
+    """run name -> (registered name, keyword arguments of `mco.make_objective`).
+
+    Every registered objective with its default arguments, except CIWAE (beta from --beta)
+    and the two DReG estimators: "dreg" is IWAE-DReG (alpha = 0), "rws_dreg" RWS-DReG.
+    """
+    settings = {name: (name, {}) for name in mco.objective_names()}
+    settings["ciwae"] = ("ciwae", {"beta": FLAGS.beta})
+    settings["dreg"] = ("dreg", {"alpha": 0.0})
+    settings["rws_dreg"] = ("dreg", {"alpha": 1.0})
+    return settings
 
 
-def make_counterparts() -> dict[str, tuple[str, str, Callable[[], mco.MCObjective]]]:
-    """run -> (name, description, constructor) of the DReG estimator compared at its params."""
-    k = FLAGS.num_samples
-    return {
-        "iwae": ("dreg", f"IWAE-DReG(K={k})", lambda: mco.DReG(k, 0.0)),
-        "rws": ("rws_dreg", f"RWS-DReG(K={k})", lambda: mco.DReG(k, 1.0)),
+def make_objective(name: str) -> mco.MCObjective:
+    """The objective of run `name` with the budget of the flags (M = --num_outer bounds for
+    the objectives that take `num_outer`: PIWAE and MIWAE)."""
+    registered, kwargs = objective_settings()[name]
+    parameters = inspect.signature(mco.registry.OBJECTIVES[registered].__init__).parameters
+    if "num_outer" in parameters:
+        kwargs = {**kwargs, "num_outer": FLAGS.num_outer}
+    return mco.make_objective(registered, FLAGS.num_samples, **kwargs)
+
+
+def describe(name: str, objective: mco.MCObjective) -> str:
+    """The papers' name of run `name`, e.g. "IWAE-DReG(K=64)"; else `repr(objective)`."""
+    o = objective
+    papers = {
+        "iwae": lambda: f"IWAE(K={o.num_samples})",
+        "piwae": lambda: f"PIWAE(M={o.num_outer}, K={o.num_inner})",
+        "miwae": lambda: f"MIWAE(M={o.num_outer}, K={o.num_inner})",
+        "ciwae": lambda: f"CIWAE(K={o.num_samples}, beta={o.beta:g})",
+        "dreg": lambda: f"IWAE-DReG(K={o.num_samples})",
+        "rws": lambda: f"RWS(K={o.num_samples})",
+        "rws_dreg": lambda: f"RWS-DReG(K={o.num_samples})",
     }
+    return papers[name]() if name in papers else repr(objective)
+
+
+def run_color(name: str) -> str:
+    """The run's color in the figures."""
+    if name in COLORS:
+        return COLORS[name]
+    return OTHER_COLORS[list(objective_settings()).index(name) % len(OTHER_COLORS)]
 
 
 def check_flags() -> list[str]:
     """The objectives to run, after checking every flag (before any data are loaded)."""
     names = [n.strip().lower() for n in FLAGS.objectives if n.strip()]
-    unknown = sorted(set(names) - set(ALL_OBJECTIVES))
+    choices = tuple(objective_settings())
+    unknown = sorted(set(names) - set(choices))
     if unknown or not names:
-        raise app.UsageError(f"--objectives must be a list from {ALL_OBJECTIVES}, got {unknown}.")
+        raise app.UsageError(f"--objectives must be a list from {choices}, got {unknown}.")
     if len(set(names)) != len(names):
         raise app.UsageError(f"--objectives lists an objective twice: {names}.")
     for name in ("steps", "eval_every", "snr_batch_size", "chunk_size", "num_weights"):
@@ -173,6 +211,11 @@ def check_flags() -> list[str]:
         )
     if FLAGS.log_every < 1 or FLAGS.eval_size < 0:
         raise app.UsageError("--log_every must be >= 1 and --eval_size >= 0.")
+    for name in {*names, *(COUNTERPARTS[n] for n in names if n in COUNTERPARTS)}:
+        try:  # each objective built once: bad settings fail before any data are loaded
+            make_objective(name)
+        except (TypeError, ValueError) as e:
+            raise app.UsageError(f"objective {name}: {e}") from e
     return names
 
 
@@ -343,9 +386,10 @@ def train_and_measure(
     save: Callable[[], None],
 ) -> None:
     """Trains objective `name`, measuring its estimator at every checkpoint into `record`."""
-    description, make = make_objectives()[name]
+    objective = make_objective(name)
+    description = describe(name, objective)
     snr_x = tf.constant(data["snr_x"])
-    model = build_model(make(), data["mean_pixel"], snr_x[:2])
+    model = build_model(objective, data["mean_pixel"], snr_x[:2])
     model.encoder.set_weights(init_weights["encoder"])
     model.decoder.set_weights(init_weights["decoder"])
     optimizer = keras.optimizers.Adam(FLAGS.learning_rate, epsilon=1e-4)
@@ -354,11 +398,12 @@ def train_and_measure(
     estimator = diagnostics.make_gradient_estimator(
         lambda seed: model.objective_result(snr_x, seed), variables
     )
-    counterpart = None
+    counterpart = other = None
     counterpart_name = counterpart_description = None
-    if name in make_counterparts():
-        counterpart_name, counterpart_description, make_other = make_counterparts()[name]
-        other = make_other()
+    if name in COUNTERPARTS:
+        counterpart_name = COUNTERPARTS[name]
+        other = make_objective(counterpart_name)
+        counterpart_description = describe(counterpart_name, other)
         counterpart = diagnostics.make_gradient_estimator(
             lambda seed: other(model.posterior(snr_x), model.log_joint(snr_x), seed=seed),
             variables,
@@ -369,8 +414,10 @@ def train_and_measure(
 
     run = record["runs"][name] = {
         "description": description,
+        "objective": repr(objective),
         "counterpart": counterpart_name,
         "counterpart_description": counterpart_description,
+        "counterpart_objective": None if other is None else repr(other),
         "train": {"step": [], "bound": []},
         "checkpoints": [],
     }
@@ -442,7 +489,7 @@ def plot_snr(record: dict, path: pathlib.Path) -> None:
             steps, mean = series(run, "own", lambda s, layer=layer: s["snr"][layer]["mean"])
             _, std = series(run, "own", lambda s, layer=layer: s["snr"][layer]["std"])
             mean, std = np.array(mean), np.array(std)
-            color = COLORS[name]
+            color = run_color(name)
             ax.plot(steps, mean, marker="o", ms=3, color=color, label=run["description"])
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
         ax.set_title(f"encoder {layer} ({record['num_weights']} random weights)")
@@ -467,21 +514,21 @@ def plot_variance(record: dict, path: pathlib.Path) -> None:
     ax = axes[0]
     for name, run in runs.items():
         steps, variance = series(run, "own", lambda s: s["variance_mean"])
-        ax.plot(steps, variance, marker="o", ms=3, color=COLORS[name], label=run["description"])
+        ax.plot(steps, variance, marker="o", ms=3, color=run_color(name), label=run["description"])
     ax.set_title("every objective's own estimator")
     ax.legend(fontsize=7)
     for ax, name in zip(axes[1:], pairs, strict=True):
         run = runs[name]
         steps, own = series(run, "own", lambda s: s["variance_mean"])
         _, other = series(run, "counterpart", lambda s: s["variance_mean"])
-        ax.plot(steps, own, "--", marker="o", ms=3, color=COLORS[name], label=run["description"])
+        ax.plot(steps, own, "--", marker="o", ms=3, color=run_color(name), label=run["description"])
         ax.plot(
             steps,
             other,
             "-",
             marker="o",
             ms=3,
-            color=COLORS[run["counterpart"]],
+            color=run_color(run["counterpart"]),
             label=run["counterpart_description"],
         )
         ax.set_title(f"at the {run['description']} run's parameters")

@@ -5,10 +5,12 @@ What it measures
 Training steps per second of the one-stochastic-layer MNIST model of Burda et al. (2016)
 (encoder 784-200-200-(2 x 50), decoder 50-200-200-784, tanh units, standard normal
 prior) at each batch size (default 20 and 100) with K = 64 samples per image, for every
-objective of the library, each in `tf.function` with and without `jit_compile=True`, all
-side by side in one process. The library's step is exactly the one users run:
-`mco.make_train_step(mco.ImportanceWeightedAutoencoder(...), keras.optimizers.Adam(1e-3,
-epsilon=1e-4), jit_compile=...)`. Two baselines run on the same model, optimizer and data:
+objective of the library (each name of `mco.objective_names()`, built by `mco.make_objective`,
+and the variants `ciwae_learnable`, `dreg_rws` = RWS-DReG and `jvi_dreg`), each in
+`tf.function` with and without `jit_compile=True`, all side by side in one process. The
+library's step is exactly the one users run: `mco.make_train_step(
+mco.ImportanceWeightedAutoencoder(...), keras.optimizers.Adam(1e-3, epsilon=1e-4),
+jit_compile=...)`. Two baselines run on the same model, optimizer and data:
 
 * `handwritten`: a minimal IWAE step in plain TensorFlow, the no-abstraction floor. It uses
   the same dense weights (read from the library's layers, applied with 2-D `tf.matmul`),
@@ -55,8 +57,9 @@ layer shape) runs in the same rounds and gives the machine's attainable GFLOP/s.
 GFLOP per step are counted analytically from the matmuls (2 m n k each, biases and
 elementwise work excluded): the forward pass, the weight gradients, and the activation
 gradients autodiff needs (down to z for the decoder, not down to x for the encoder).
-Objectives with a path term ("split" in `mcobjectives.base`: STL, DReG, PIWAE, JVI-DReG)
-run one more backward pass through the decoder, for d log w / dz, which is counted.
+Objectives with a path term (`gradient_path = mco.GradientPath.SPLIT`: STL, DReG, PIWAE,
+JVI-DReG) run one more backward pass through the decoder, for d log w / dz, which is counted;
+SCORE objectives (RWS, VIMCO) differentiate the decoder at fixed z only.
 
 Peak memory: one subprocess per configuration (`--memory`), reading the kernel's peak
 resident set size (VmHWM of /proc/self/status). The peak is reset (writing 5 to
@@ -98,6 +101,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -129,21 +133,47 @@ LEARNING_RATE = 1e-3
 ADAM_EPSILON = 1e-4
 LOG_2PI = math.log(2.0 * math.pi)
 
-# name -> (K, M) -> the objective with a budget of K samples (M outer groups for MIWAE/PIWAE).
-OBJECTIVES: dict[str, Callable[[int, int], mco.MCObjective]] = {
-    "iwae": lambda k, m: mco.IWAE(k),
-    "vae": lambda k, m: mco.VAE(k),
-    "miwae": lambda k, m: mco.MIWAE(num_outer=m, num_inner=k // m),
-    "ciwae": lambda k, m: mco.CIWAE(k, beta=0.05),
-    "ciwae_learnable": lambda k, m: mco.CIWAE(k, beta=0.05, learnable_beta=True),
-    "piwae": lambda k, m: mco.PIWAE(num_outer=m, num_inner=k // m),
-    "rws": lambda k, m: mco.RWS(k),
-    "stl": lambda k, m: mco.STL(k),
-    "dreg": lambda k, m: mco.DReG(k, alpha=0.0),
-    "dreg_rws": lambda k, m: mco.DReG(k, alpha=1.0),
-    "jvi": lambda k, m: mco.JVI(k),
-    "jvi_dreg": lambda k, m: mco.JVI(k, dreg=True),
+# The library's objectives timed: every registered name (`mco.objective_names()`, default
+# arguments), then the variants below; each label -> (registered name, keyword arguments).
+# `make_library_objective` builds them with `mco.make_objective` at a budget of K samples,
+# giving `num_outer` (M) to the objectives that split K into M bounds (MIWAE, PIWAE).
+SETTINGS: dict[str, tuple[str, dict]] = {
+    "ciwae": ("ciwae", {"beta": 0.05}),
+    "dreg": ("dreg", {"alpha": 0.0}),
 }
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "ciwae_learnable": ("ciwae", {"beta": 0.05, "learnable_beta": True}),
+    "dreg_rws": ("dreg", {"alpha": 1.0}),
+    "jvi_dreg": ("jvi", {"dreg": True}),
+}
+
+
+def _library_objectives() -> dict[str, tuple[str, dict]]:
+    """label -> (registered name, kwargs): each registered name followed by its variants."""
+    objectives = {}
+    for name in mco.objective_names():
+        objectives[name] = SETTINGS.get(name, (name, {}))
+        objectives.update({k: v for k, v in VARIANTS.items() if v[0] == name})
+    return objectives
+
+
+OBJECTIVES = _library_objectives()
+
+
+def takes_num_outer(label: str) -> bool:
+    """Whether the objective splits its K samples into M bounds (`num_outer`)."""
+    cls = mco.registry.OBJECTIVES[OBJECTIVES[label][0]]
+    return "num_outer" in inspect.signature(cls.__init__).parameters
+
+
+def make_library_objective(label: str, k: int, m: int) -> mco.MCObjective:
+    """The objective `label` with a budget of K samples (M outer groups where it takes them)."""
+    name, kwargs = OBJECTIVES[label]
+    if takes_num_outer(label):
+        kwargs = {**kwargs, "num_outer": m}
+    return mco.make_objective(name, k, **kwargs)
+
+
 HANDWRITTEN, TFP_DREG = "handwritten", "tfp_dreg"
 DIAGNOSTIC_STEPS = (
     "iwae_tfnoise",
@@ -345,6 +375,7 @@ class Runner:
     steps: dict  # jit (bool) -> tf.function step(x)
     gradient_kind: str  # "total", "split" or "score": how many decoder backward passes
     trace_context: Callable = contextlib.nullcontext
+    objective: str | None = None  # repr of the library's objective, e.g. "RWS(num_samples=64)"
 
 
 def library_runner(name, objective, example_x, jit_modes, seed, trace_context=None) -> Runner:
@@ -352,9 +383,9 @@ def library_runner(name, objective, example_x, jit_modes, seed, trace_context=No
     model = mco.ImportanceWeightedAutoencoder(encoder, decoder, prior(), objective, seed=seed)
     optimizer = make_optimizer()
     steps = {jit: mco.make_train_step(model, optimizer, jit_compile=jit) for jit in jit_modes}
-    # `_gradient` is the library's own label of its gradient path (see mcobjectives.base).
-    kind = objective._gradient
-    return Runner(name, steps, kind, trace_context or contextlib.nullcontext)
+    # "total", "split" or "score": the objective's declared `mco.GradientPath`.
+    kind = objective.gradient_path.value
+    return Runner(name, steps, kind, trace_context or contextlib.nullcontext, repr(objective))
 
 
 def custom_runner(name, make_loss, example_x, jit_modes, seed, num_samples) -> Runner:
@@ -391,7 +422,8 @@ def custom_runner(name, make_loss, example_x, jit_modes, seed, num_samples) -> R
 
 def make_runner(name: str, example_x, jit_modes, seed: int, k: int, m: int) -> Runner:
     if name in OBJECTIVES:
-        return library_runner(name, OBJECTIVES[name](k, m), example_x, jit_modes, seed)
+        objective = make_library_objective(name, k, m)
+        return library_runner(name, objective, example_x, jit_modes, seed)
     if name in ("iwae_tfnoise", "iwae_philoxbits"):
         noise = tf_normal if name == "iwae_tfnoise" else bits_ndtri_normal
         context = lambda: library_noise(noise)  # noqa: E731
@@ -865,7 +897,8 @@ def step_configs(runners: dict, batches: dict, jit_modes, log) -> list[Timed]:
                 with runner.trace_context():
                     for i in range(FLAGS.warmup_steps):
                         run_step(step, xs[i % len(xs)]).numpy()
-                log(f"  warm-up {key}: {time.perf_counter() - start:.1f} s")
+                what = f" {runner.objective}" if runner.objective else ""
+                log(f"  warm-up {key}{what}: {time.perf_counter() - start:.1f} s")
 
                 def run(n, step=step, xs=xs):
                     loss = None
@@ -940,6 +973,7 @@ def throughput_rows(timed: list[Timed], runners: dict, k: int) -> tuple[list[dic
             {
                 "key": t.key,
                 "name": name,
+                "objective": runners[name].objective,
                 "batch_size": batch_size,
                 "jit_compile": t.info["jit_compile"],
                 "steps_per_second": steps,
@@ -1137,10 +1171,13 @@ def check_flags() -> tuple[list[int], list[str], list[bool]]:
     if unknown:
         raise app.UsageError(f"unknown --objectives {unknown}; choose from {list(OBJECTIVES)}")
     k, m = FLAGS.num_samples, FLAGS.num_outer
-    if {"miwae", "piwae"} & set(names) and (m < 1 or k % m):
-        raise app.UsageError(f"--num_outer={m} must divide --num_samples={k} for miwae/piwae")
     if k < 2:
         raise app.UsageError("--num_samples must be >= 2")
+    for name in names:  # builds each objective once: bad settings fail before any timing
+        try:
+            make_library_objective(name, k, m)
+        except (TypeError, ValueError) as e:
+            raise app.UsageError(f"--objectives={name}: {e}") from e
     if min(batch_sizes) < 1 or min(FLAGS.steps, FLAGS.rounds, FLAGS.warmup_steps) < 1:
         raise app.UsageError("batch sizes, --steps, --rounds and --warmup_steps must be >= 1")
     jit_modes = {"both": [False, True], "on": [True], "off": [False]}[FLAGS.jit]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -37,7 +38,18 @@ import mnist_data
 
 tfd = tfp.distributions
 
-OBJECTIVES = ("iwae", "vae", "miwae", "ciwae", "piwae", "rws", "jvi", "stl", "dreg")
+OBJECTIVES = mco.objective_names()  # every objective registered in mcobjectives.registry
+# The flags that are keyword arguments of `mco.make_objective`, each given to the
+# objectives whose constructor takes it (and is not None): flag name -> argument name.
+OBJECTIVE_FLAGS = {
+    "num_outer": "num_outer",
+    "beta": "beta",
+    "learnable_beta": "learnable_beta",
+    "alpha": "alpha",
+    "jvi_dreg": "dreg",
+}
+# Draws of the upstream layers behind the posterior means of a conditional latent leaf.
+MEAN_SAMPLES = 32
 # Burda et al. (2016): stage i = 0..7 runs 3^i epochs at learning rate 1e-3 * 10^(-i/7).
 NUM_STAGES = 8
 PAPER_EPOCHS = sum(3**i for i in range(NUM_STAGES))  # 3280
@@ -53,7 +65,9 @@ flags.DEFINE_bool(
     True,
     "Let TFDS download the dataset if it is not prepared (else use the bundled subset).",
 )
-flags.DEFINE_enum("objective", "iwae", OBJECTIVES, "The training objective.")
+flags.DEFINE_enum(
+    "objective", "iwae", OBJECTIVES, "The training objective (a name of mco.make_objective)."
+)
 flags.DEFINE_integer(
     "num_samples", 64, "Samples per data point: K, or the budget M * K for miwae and piwae."
 )
@@ -62,8 +76,14 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_float("beta", 0.05, "CIWAE's weight of the ELBO term.")
 flags.DEFINE_bool("learnable_beta", False, "CIWAE: learn beta (initialised at --beta).")
-flags.DEFINE_float("alpha", 0.0, "DReG(alpha): 0 is IWAE-DReG, 1 is RWS-DReG.")
-flags.DEFINE_bool("jvi_dreg", False, "JVI: use the doubly reparameterized estimator.")
+flags.DEFINE_float(
+    "alpha",
+    None,
+    "DReG's alpha (default 0: IWAE-DReG; 1 is RWS-DReG); VR-IWAE's Renyi alpha (default 0.5).",
+)
+flags.DEFINE_bool(
+    "jvi_dreg", False, "JVI (and VR-IWAE): use the doubly reparameterized estimator (`dreg`)."
+)
 flags.DEFINE_integer("batch_size", 20, "The global batch size.")
 flags.DEFINE_float("learning_rate", 1e-3, "The learning rate of stage 0.")
 flags.DEFINE_integer("epochs", None, f"Epochs to train (default: the paper's {PAPER_EPOCHS}).")
@@ -92,33 +112,42 @@ FLAGS = flags.FLAGS
 
 
 # --------------------------------------------------------------------------- objectives
-def make_objective() -> tuple[mco.MCObjective, str]:
-    """The objective the flags ask for, and a description such as "PIWAE(M=8, K=8)"."""
-    k, name = FLAGS.num_samples, FLAGS.objective
-    if name in ("miwae", "piwae"):
-        m = FLAGS.num_outer
+def make_objective() -> mco.MCObjective:
+    """The objective the flags ask for: `mco.make_objective(--objective, --num_samples, ...)`.
+
+    The other objective flags (`OBJECTIVE_FLAGS`) become keyword arguments of the
+    objectives whose constructor takes them; one given on the command line to an
+    objective that does not take it is reported and ignored.
+    """
+    name, k = FLAGS.objective, FLAGS.num_samples
+    accepted = inspect.signature(mco.registry.OBJECTIVES[name].__init__).parameters
+    kwargs, ignored = {}, []
+    for flag, argument in OBJECTIVE_FLAGS.items():
+        if argument in accepted:
+            if FLAGS[flag].value is not None:
+                kwargs[argument] = FLAGS[flag].value
+        elif FLAGS[flag].present:
+            ignored.append(f"--{flag}")
+    if ignored:
+        logging.warning("--objective=%s ignores %s.", name, ", ".join(ignored))
+    if "num_outer" in kwargs:
+        m = kwargs["num_outer"]
         if m < 1 or k % m:
             raise ValueError(
                 f"--num_outer={m} must divide --num_samples={k} for {name}: the budget is "
                 "M outer times K / M inner samples."
             )
-        cls = mco.MIWAE if name == "miwae" else mco.PIWAE
-        return cls(m, k // m), f"{name.upper()}(M={m}, K={k // m})"
-    if name == "iwae":
-        return mco.IWAE(k), f"IWAE(K={k})"
-    if name == "vae":
-        return mco.VAE(k), f"VAE(M={k})"
-    if name == "ciwae":
-        objective = mco.CIWAE(k, FLAGS.beta, learnable_beta=FLAGS.learnable_beta)
-        kind = "learnable beta from " if FLAGS.learnable_beta else "beta="
-        return objective, f"CIWAE(K={k}, {kind}{FLAGS.beta:g})"
-    if name == "rws":
-        return mco.RWS(k), f"RWS(K={k})"
-    if name == "jvi":
-        return mco.JVI(k, dreg=FLAGS.jvi_dreg), f"JVI{'-DReG' if FLAGS.jvi_dreg else ''}(K={k})"
-    if name == "stl":
-        return mco.STL(k), f"STL(K={k})"
-    return mco.DReG(k, FLAGS.alpha), f"DReG(K={k}, alpha={FLAGS.alpha:g})"
+    try:
+        return mco.make_objective(name, k, **kwargs)
+    except (TypeError, ValueError) as error:
+        given = [f"--num_samples={k}"] + [
+            f"--{flag}={FLAGS[flag].value}"
+            for flag, argument in OBJECTIVE_FLAGS.items()
+            if argument in kwargs
+        ]
+        raise ValueError(
+            f"--objective={name} cannot be built from {' '.join(given)}: {error}"
+        ) from error
 
 
 # -------------------------------------------------------------------------------- data
@@ -216,6 +245,34 @@ class Schedule:
 
 
 # -------------------------------------------------------------------------- evaluation
+def posterior_means(q: tfd.Distribution, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+    """E_q[z] of every latent leaf, [B, D_leaf] (events flattened), by leaf name.
+
+    A single q gives {"z": q.mean()}. For a joint q the means of its root parts are
+    exact; a part conditioned on other leaves, such as q(z2|z1), gets the average of its
+    conditional means over MEAN_SAMPLES draws of the parts above it,
+    E_q(z1|x)[E_q(z2|z1)[z2]], which varies across data points only as much as z2
+    does (a plain average of draws would add Var(z2) / MEAN_SAMPLES to every unit's
+    activity). A Bernoulli leaf's mean is its probability of 1.
+    """
+    if not isinstance(q, tfd.JointDistribution):
+        return {"z": q.mean()}
+    distributions, _ = q.sample_distributions(sample_shape=MEAN_SAMPLES, seed=seed)
+    if isinstance(distributions, dict):
+        named = sorted(distributions.items())
+    elif hasattr(distributions, "_asdict"):  # JointDistributionCoroutine's named tuples
+        named = list(distributions._asdict().items())
+    else:
+        named = [(f"z{i}", d) for i, d in enumerate(distributions)]
+    means = {}
+    for name, distribution in named:
+        mean = tf.cast(distribution.mean(), tf.float32)
+        if distribution.batch_shape.rank == 2:  # [S, B]: built from the upstream draws
+            mean = tf.reduce_mean(mean, axis=0)
+        means[name] = tf.reshape(mean, [tf.shape(mean)[0], -1])
+    return means
+
+
 def evaluate(
     model: mco.ImportanceWeightedAutoencoder,
     test_batches: list[dict],
@@ -223,8 +280,13 @@ def evaluate(
     num_samples: int,
     chunk_size: int,
 ) -> dict:
-    """Test-set IWAE-64, log p^(x) (K = num_samples), -KL(Q||P), ESS / 64, active units."""
-    iwae64 = mco.IWAE(64)
+    """Test-set IWAE-64, log p^(x) (K = num_samples), -KL(Q||P), ESS / 64, active units.
+
+    Works for any q the model's encoder returns, structured or discrete: the IWAE-64
+    bound and its ESS come from 64 draws of `mco.sampling.sample` (the draws and the
+    value of `mco.IWAE(64)`, which would refuse a discrete q), and the active units
+    are counted per latent leaf (`posterior_means`).
+    """
     eval_seed = tf.constant([FLAGS.seed, 0xE7A1], tf.int32)
 
     @tf.function
@@ -233,24 +295,36 @@ def evaluate(
         q = model.posterior(x, context)
         log_joint = model.log_joint(x, context)
         bound_seed, marginal_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        result = iwae64(q, log_joint, seed=bound_seed)
+        z = mco.sampling.sample(q, 64, bound_seed)
+        log_weights = log_joint(z) - q.log_prob(z)
         log_px = mco.log_marginal_estimate(
             q, log_joint, marginal_seed, num_samples=num_samples, chunk_size=chunk_size
         )
-        return result.bound, result.ess / 64.0, log_px, q.mean()
+        means_seed = tf.random.experimental.stateless_fold_in(seed, 2)
+        return (
+            mco.log_mean_exp(log_weights),
+            mco.effective_sample_size(log_weights) / 64.0,
+            log_px,
+            posterior_means(q, means_seed),
+        )
 
     start = time.perf_counter()
     outputs = [
         evaluate_batch(batch, tf.random.experimental.stateless_fold_in(eval_seed, i))
         for i, batch in enumerate(test_batches)
     ]
-    bound, ess, log_px, means = (np.concatenate([o[j].numpy() for o in outputs]) for j in range(4))
+    bound, ess, log_px = (np.concatenate([o[j].numpy() for o in outputs]) for j in range(3))
+    active = {
+        name: int(mco.active_units(np.concatenate([o[3][name].numpy() for o in outputs])))
+        for name in outputs[0][3]
+    }
     return {
         "iwae64": float(np.mean(bound)),
         "log_px": float(np.mean(log_px)),
         "neg_kl": float(np.mean(bound) - np.mean(log_px)),
         "ess_fraction": float(np.mean(ess)),
-        "active_units": int(mco.active_units(means)),
+        "active_units": sum(active.values()),
+        "active_units_per_latent": active,
         "num_test_images": len(bound),
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -305,6 +379,8 @@ def run(
     build_model: Callable[[mco.MCObjective, np.ndarray], mco.ImportanceWeightedAutoencoder],
     to_batch: Callable[[tf.Tensor], dict],
     task: str,
+    architecture: str = "one_layer",
+    check_objective: Callable[[mco.MCObjective], None] | None = None,
 ) -> dict:
     """Trains and evaluates; returns the metrics written to <out_dir>/metrics.json.
 
@@ -313,12 +389,20 @@ def run(
       to_batch: binarized images [B, 784] -> the model's batch dict ({"x": ...}, plus
         "context" for conditional models).
       task: a name for the console and the metrics ("mnist", "structured_mnist").
+      architecture: the model's name, recorded in the metrics ("one_layer", ...).
+      check_objective: raises if the model cannot be trained with the objective the
+        flags ask for; called at startup, before any data are loaded.
     """
-    out_dir = pathlib.Path(FLAGS.out_dir or f"runs/{task}_{FLAGS.objective}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     logging.set_verbosity(logging.WARNING)
     configure_devices()
-    make_objective()  # checks the objective's flags before any data are loaded
+    objective = make_objective()  # checks the objective's flags before any data are loaded
+    if check_objective is not None:
+        check_objective(objective)
+    default_dir = f"runs/{task}_{FLAGS.objective}"
+    if architecture != "one_layer":
+        default_dir = f"runs/{task}_{architecture}_{FLAGS.objective}"
+    out_dir = pathlib.Path(FLAGS.out_dir or default_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     data = mnist_data.load_mnist(FLAGS.dataset, download=FLAGS.download)
     strategy = make_strategy()
     # Initial weights from the seed too: an interrupted and an uninterrupted run agree.
@@ -328,7 +412,8 @@ def run(
     schedule = Schedule.from_flags(len(train_images))
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
-        objective, description = make_objective()
+        objective = make_objective()
+        description = repr(objective)
         model = build_model(objective, train_images)
         optimizer = keras.optimizers.Adam(
             schedule.learning_rate(), beta_1=0.9, beta_2=0.999, epsilon=1e-4
@@ -351,6 +436,7 @@ def run(
     previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics = {
         "task": task,
+        "architecture": architecture,
         "dataset": data.source,
         "objective": FLAGS.objective,
         "objective_description": description,
@@ -361,8 +447,9 @@ def run(
     if start_step:
         print(f"Resuming from step {start_step} ({manager.latest_checkpoint}).")
     print(
-        f"{task}: {description} on {data.source} ({len(train_images)} training images), "
-        f"{schedule.num_steps} steps of batch {FLAGS.batch_size}, out_dir {out_dir}"
+        f"{task} ({architecture}): {description} on {data.source} "
+        f"({len(train_images)} training images), {schedule.num_steps} steps of batch "
+        f"{FLAGS.batch_size}, out_dir {out_dir}"
     )
 
     dataset = train_dataset(
@@ -413,14 +500,21 @@ def run(
             )
             result = {"step": step, "epoch": round(step / schedule.steps_per_epoch, 4), **result}
             metrics["evaluations"].append(result)
+            per_latent = result["active_units_per_latent"]
+            leaves = ""
+            if len(per_latent) > 1:
+                leaves = " (" + ", ".join(f"{k} {v}" for k, v in per_latent.items()) + ")"
             print(
                 f"\nstep {step}: test IWAE-64 {result['iwae64']:.2f}, log p^(x) "
                 f"{result['log_px']:.2f}, -KL {result['neg_kl']:.2f}, ESS/K "
-                f"{result['ess_fraction']:.3f}, active units {result['active_units']}"
+                f"{result['ess_fraction']:.3f}, active units {result['active_units']}{leaves}"
             )
             with writer.as_default(step=step):
                 for key in ("iwae64", "log_px", "neg_kl", "ess_fraction", "active_units"):
                     tf.summary.scalar(f"test/{key}", result[key])
+                if len(per_latent) > 1:
+                    for name, count in per_latent.items():
+                        tf.summary.scalar(f"test/active_units/{name}", count)
             writer.flush()
             eval_seconds += time.perf_counter() - eval_start
             tick = time.perf_counter()  # the progress bar's steps/s leaves evaluation out

@@ -3,19 +3,34 @@
     python examples/mnist.py                                   # the paper's full setup
     python examples/mnist.py --objective=piwae --num_outer=8 --max_steps=3000 \\
         --eval_size=1000 --eval_num_samples=1000 --out_dir=runs/piwae
+    python examples/mnist.py --architecture=two_layer --objective=dreg --max_steps=3000
+    python examples/mnist.py --architecture=sbn --objective=vimco --max_steps=3000
 
-The model has one stochastic layer: a 784-200-200-(2 x 50) tanh encoder giving a
-diagonal Gaussian q(z|x), a N(0, I) prior over 50 latents and a 50-200-200-784 tanh
-decoder of Bernoulli pixels whose output bias starts at the logit of the mean training
-image. Training follows Burda et al.: dynamically binarized MNIST, batch 20, Adam
-(beta1 0.9, beta2 0.999, eps 1e-4), and 8 stages of 3^i epochs at learning rate
-1e-3 * 10^(-i/7), 3280 epochs in all (`--epochs` or `--max_steps` cut the run short).
+`--architecture` picks the model:
+
+* `one_layer` (default): Burda et al.'s one stochastic layer, a 784-200-200-(2 x 50)
+  tanh encoder giving a diagonal Gaussian q(z|x), a N(0, I) prior over 50 latents and a
+  50-200-200-784 tanh decoder of Bernoulli pixels (`--latent_size`, `--hidden_units`).
+* `two_layer`: Burda et al.'s two stochastic layers, z1 of 100 and z2 of 50 units,
+  q(z1|x) q(z2|z1) with 784-200-200-(2 x 100) and 100-100-100-(2 x 50) tanh networks,
+  p(z2) = N(0, I), a trainable p(z1|z2) (50-100-100-(2 x 100)), and p(x|z1)
+  (100-200-200-784). Any objective trains it.
+* `sbn`: a sigmoid belief net with two layers of 200 binary units (Mnih & Gregor 2014,
+  Mnih & Rezende 2016): linear-sigmoid q(z1|x) q(z2|z1), p(z2) with learnable logits,
+  p(z1|z2) and p(x|z1). Its latents are discrete, so only the score-function objectives
+  (vimco, rws) train it; any other --objective stops the run at startup.
+
+The decoders' output bias starts at the logit of the mean training image. Training
+follows Burda et al.: dynamically binarized MNIST, batch 20, Adam (beta1 0.9, beta2
+0.999, eps 1e-4), and 8 stages of 3^i epochs at learning rate 1e-3 * 10^(-i/7), 3280
+epochs in all (`--epochs` or `--max_steps` cut the run short).
 
 At the end of each stage and of the run, the test set is evaluated: IWAE-64, log p^(x)
 with K = 5000 samples, -KL(Q||P) = IWAE-64 - log p^(x), the mean effective sample size
-of 64 samples over 64, and the number of active latent units. Results go to
-<out_dir>/metrics.json, TensorBoard summaries to <out_dir>/tensorboard, and
-checkpoints to <out_dir>/checkpoints: run the same command again to resume.
+of 64 samples over 64, and the number of active latent units (per latent layer for the
+two-layer models). Results go to <out_dir>/metrics.json, TensorBoard summaries to
+<out_dir>/tensorboard, and checkpoints to <out_dir>/checkpoints: run the same command
+again to resume.
 
 Data come from TensorFlow Datasets (`TFDS_DATA_DIR` or TFDS's default folder, or a
 download). Offline and without prepared data, the run falls back to a small bundled
@@ -35,10 +50,19 @@ import experiment
 
 tfd = tfp.distributions
 
+ARCHITECTURES = ("one_layer", "two_layer", "sbn")
+flags.DEFINE_enum(
+    "architecture",
+    "one_layer",
+    ARCHITECTURES,
+    "one_layer (Burda et al.'s 50 Gaussian latents), two_layer (their 100 + 50 Gaussian "
+    "latents) or sbn (a sigmoid belief net of 200 + 200 binary latents; vimco or rws).",
+)
+
 FLAGS = flags.FLAGS
 
 
-def build_model(objective: mco.MCObjective, train_images: np.ndarray):
+def one_layer(objective: mco.MCObjective, train_images: np.ndarray):
     """Burda et al.'s one-stochastic-layer model, trained with `objective`."""
     hidden = (FLAGS.hidden_units, FLAGS.hidden_units)
     latent = FLAGS.latent_size
@@ -53,9 +77,72 @@ def build_model(objective: mco.MCObjective, train_images: np.ndarray):
     )
 
 
+def two_layer(objective: mco.MCObjective, train_images: np.ndarray):
+    """Burda et al.'s two-stochastic-layer model (z1: 100, z2: 50); the decoder reads z1."""
+    return mco.ImportanceWeightedAutoencoder(
+        encoder=mco.networks.TwoLayerGaussianEncoder(latent_sizes=(100, 50)),
+        decoder=mco.networks.BernoulliDecoder(
+            train_images.shape[1], (200, 200), mean_pixel=train_images.mean(axis=0), latent="z1"
+        ),
+        prior=mco.networks.TwoLayerGaussianPrior(latent_sizes=(100, 50)),
+        objective=objective,
+        seed=FLAGS.seed,
+    )
+
+
+def sbn(objective: mco.MCObjective, train_images: np.ndarray):
+    """A 200-200-784 sigmoid belief net with a mirrored linear-sigmoid inference network."""
+    return mco.ImportanceWeightedAutoencoder(
+        encoder=mco.networks.SigmoidBeliefEncoder(latent_sizes=(200, 200)),
+        decoder=mco.networks.BernoulliDecoder(
+            train_images.shape[1], (), mean_pixel=train_images.mean(axis=0), latent="z1"
+        ),
+        prior=mco.networks.SigmoidBeliefPrior(latent_sizes=(200, 200)),
+        objective=objective,
+        seed=FLAGS.seed,
+    )
+
+
+BUILDERS = {"one_layer": one_layer, "two_layer": two_layer, "sbn": sbn}
+
+
+def score_function_objectives() -> list[str]:
+    """The registered objectives whose inference gradient needs only log q (RWS, VIMCO)."""
+    return [
+        name
+        for name, cls in mco.registry.OBJECTIVES.items()
+        if getattr(cls, "gradient_path", None) is mco.GradientPath.SCORE
+    ]
+
+
+def check_objective(objective: mco.MCObjective) -> None:
+    """Refuses, at startup, an objective or size flags the chosen architecture cannot use."""
+    architecture = FLAGS.architecture
+    if architecture != "one_layer":
+        for flag in ("latent_size", "hidden_units"):
+            if FLAGS[flag].present:
+                raise ValueError(
+                    f"--{flag} sizes --architecture=one_layer only; --architecture="
+                    f"{architecture} has the sizes of its papers (see examples/mnist.py)."
+                )
+    if architecture == "sbn" and objective.gradient_path is not mco.GradientPath.SCORE:
+        choices = " or ".join(f"--objective={name}" for name in score_function_objectives())
+        raise ValueError(
+            f"--architecture=sbn has discrete (binary) latents, which --objective="
+            f"{FLAGS.objective} cannot train: {type(objective).__name__} differentiates "
+            f"through the samples z. Use a score-function objective: {choices}."
+        )
+
+
 def main(argv):
     del argv
-    experiment.run(build_model=build_model, to_batch=lambda x: {"x": x}, task="mnist")
+    experiment.run(
+        build_model=BUILDERS[FLAGS.architecture],
+        to_batch=lambda x: {"x": x},
+        task="mnist",
+        architecture=FLAGS.architecture,
+        check_objective=check_objective,
+    )
 
 
 if __name__ == "__main__":

@@ -7,13 +7,23 @@ estimators for the model and inference networks.
 
 from mcobjectives import diagnostics, networks, sampling, weights
 from mcobjectives.autoencoder import ImportanceWeightedAutoencoder, make_train_step
-from mcobjectives.base import Coefficients, Gradients, LogJoint, MCObjective, ObjectiveResult
+from mcobjectives.base import (
+    Coefficients,
+    GradientPath,
+    Gradients,
+    LogJoint,
+    MCObjective,
+    ObjectiveResult,
+)
 from mcobjectives.dreg import STL, DReG
 from mcobjectives.evaluation import active_units, log_marginal_estimate
 from mcobjectives.iwae import CIWAE, IWAE, MIWAE, PIWAE, VAE
 from mcobjectives.jvi import JVI
 from mcobjectives.model import make_log_joint
+from mcobjectives.registry import make_objective, objective_names
 from mcobjectives.rws import RWS
+from mcobjectives.vimco import VIMCO
+from mcobjectives.vriwae import VRIWAE
 from mcobjectives.weights import (
     effective_sample_size,
     leave_one_out_logsumexp,
@@ -32,8 +42,11 @@ __all__ = [
     "RWS",
     "STL",
     "VAE",
+    "VIMCO",
+    "VRIWAE",
     "Coefficients",
     "DReG",
+    "GradientPath",
     "Gradients",
     "ImportanceWeightedAutoencoder",
     "LogJoint",
@@ -46,9 +59,11 @@ __all__ = [
     "log_marginal_estimate",
     "log_mean_exp",
     "make_log_joint",
+    "make_objective",
     "make_train_step",
     "networks",
     "normalized_weights",
+    "objective_names",
     "sampling",
     "weights",
 ]

@@ -17,6 +17,8 @@ __all__ = [
     "check_log_joint_output",
     "check_seed",
     "check_unit_interval",
+    "is_joint",
+    "leaf_names",
 ]
 
 
@@ -50,39 +52,106 @@ def check_unit_interval(name: str, value, *, open_interval: bool = False) -> flo
     return value
 
 
+def is_joint(q) -> bool:
+    """Whether `q` is a TFP JointDistribution (structured samples)."""
+    return isinstance(q, tfd.JointDistribution)
+
+
+def leaf_names(q) -> list[str]:
+    """A name for each leaf of q's samples, in `tf.nest.flatten` order."""
+    if not is_joint(q):
+        return [q.name]
+    flat = q._flat_resolve_names()  # TFP's names, in the model's order
+    # tf.nest orders dict leaves by sorted key, JointDistributionNamed by its model.
+    order = tf.nest.flatten(q._model_unflatten(list(range(len(flat)))))
+    return [flat[i] for i in order]
+
+
+def _flat_shapes(structure) -> list:
+    if isinstance(structure, tf.TensorShape):
+        return [structure]
+    if isinstance(structure, dict):
+        return [s for key in sorted(structure) for s in _flat_shapes(structure[key])]
+    if isinstance(structure, (list, tuple)):
+        return [s for item in structure for s in _flat_shapes(item)]
+    return [structure]
+
+
 def check_distribution(q, *, objective: str, needs_reparameterization: bool) -> None:
-    """Checks the inference distribution q(z|x) handed to an objective."""
+    """Checks the inference distribution q(z|x) handed to an objective.
+
+    q is a single distribution or a JointDistribution; every leaf must have batch
+    shape [B] (the same B), the continuous leaves one float dtype, and, when the
+    objective differentiates through z, every leaf must be continuous and fully
+    reparameterized.
+    """
     if not isinstance(q, tfd.Distribution):
         raise TypeError(
             f"`q` must be a tfp.distributions.Distribution, got {type(q).__name__}; "
             "build q(z|x) from the encoder's outputs, e.g. "
-            "tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)."
+            "tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1), or a "
+            "tfd.JointDistribution* for structured latents."
         )
-    if not isinstance(q.dtype, tf.dtypes.DType) or not q.dtype.is_floating:
+    names = leaf_names(q)
+    dtypes = tf.nest.flatten(q.dtype)
+    what = f"`q` ({q.name})" if not is_joint(q) else "`q`"
+    floats = {d.name for d in dtypes if d.is_floating}
+    if len(floats) > 1:
+        listing = ", ".join(f"'{n}': {d.name}" for n, d in zip(names, dtypes, strict=True))
         raise TypeError(
-            f"`q` ({q.name}) must have a single floating-point event, got dtype {q.dtype}; "
-            "structured (joint) or discrete latents are not supported."
+            f"The continuous leaves of {what} mix float dtypes ({listing}): build every part "
+            "of q in one dtype."
         )
-    batch_rank = q.batch_shape.rank
-    if batch_rank != 1:
+    for n, d in zip(names, dtypes, strict=True):
+        if not (d.is_floating or d.is_integer or d == tf.bool):
+            raise TypeError(f"Leaf '{n}' of {what} has dtype {d.name}: expected float or int.")
+
+    batch_shapes = _flat_shapes(q.batch_shape)
+    if len(batch_shapes) == 1 and len(names) > 1:
+        batch_shapes = batch_shapes * len(names)  # AutoBatched: one batch shape for all
+    batch_rank = {s.rank for s in batch_shapes}
+    if batch_rank != {1}:
         hint = ""
-        if batch_rank is not None and batch_rank > 1:
+        rank = max((r for r in batch_rank if r is not None), default=None)
+        if not is_joint(q) and rank is not None and rank > 1:
             hint = (
                 " If the trailing batch dimensions are latent dimensions, wrap it: "
-                f"tfd.Independent(q, reinterpreted_batch_ndims={batch_rank - 1})."
+                f"tfd.Independent(q, reinterpreted_batch_ndims={rank - 1})."
+            )
+        if is_joint(q):
+            listing = ", ".join(f"'{n}': {s}" for n, s in zip(names, batch_shapes, strict=True))
+            hint = (
+                f" Per-leaf batch shapes: {listing}; wrap each part's latent dimensions in "
+                "tfd.Independent (or use an AutoBatched joint with batch_ndims=1)."
             )
         raise ValueError(
-            f"`q` ({q.name}) must have batch shape [B], one distribution per data point, "
-            f"got batch shape {q.batch_shape}.{hint}"
+            f"{what} must have batch shape [B], one distribution per data point, got "
+            f"batch shape {q.batch_shape}.{hint}"
         )
-    if needs_reparameterization and q.reparameterization_type != tfd.FULLY_REPARAMETERIZED:
+    sizes = {s[0] for s in batch_shapes if s[0] is not None}
+    if len(sizes) > 1:
+        listing = ", ".join(f"'{n}': {s}" for n, s in zip(names, batch_shapes, strict=True))
         raise ValueError(
-            f"{objective} differentiates through the samples z ~ q, but `q` "
-            f"({type(q).__name__} '{q.name}') is not fully reparameterized "
-            f"(reparameterization_type={q.reparameterization_type}). Use a reparameterized "
-            "family such as Normal, MultivariateNormalTriL or a TransformedDistribution of "
-            "one, or use RWS, whose inference update needs only log q."
+            f"The leaves of {what} disagree on the batch size ({listing}): every part of q "
+            "must have batch shape [B], the same data points."
         )
+
+    if needs_reparameterization:
+        types = tf.nest.flatten(q.reparameterization_type)
+        if len(types) == 1 and len(names) > 1:
+            types = types * len(names)
+        for n, d, t in zip(names, dtypes, types, strict=True):
+            if not d.is_floating or t != tfd.FULLY_REPARAMETERIZED:
+                if d.is_floating:
+                    kind = f"not fully reparameterized (reparameterization_type={t})"
+                else:
+                    kind = f"discrete ({d.name})"
+                raise ValueError(
+                    f"{objective} differentiates through the samples z ~ q, but leaf '{n}' "
+                    f"of {what} is {kind}. Use a reparameterized family such as Normal, "
+                    "MultivariateNormalTriL or a TransformedDistribution of one, or an "
+                    "objective whose inference update needs only log q (RWS, VIMCO)."
+                )
 
 
 def check_log_joint(log_joint) -> None:
@@ -104,22 +173,25 @@ def check_seed(seed) -> None:
         )
 
 
-def check_log_joint_output(log_p, q, num_samples: int) -> tf.Tensor:
-    """Checks log p(x, z) returned for `num_samples` draws of q: shape [S, B], q's dtype."""
+def check_log_joint_output(log_p, log_q: tf.Tensor, num_samples: int) -> tf.Tensor:
+    """Checks log p(x, z) returned for `num_samples` draws: shape [S, B], log q's dtype."""
     if not isinstance(log_p, (tf.Tensor, tf.Variable)) and not hasattr(log_p, "dtype"):
-        raise TypeError(f"`log_joint` must return a tensor, got {type(log_p).__name__}.")
-    log_p = tf.convert_to_tensor(log_p)
-    if log_p.dtype != q.dtype:
         raise TypeError(
-            f"`log_joint` returned {log_p.dtype.name} but `q` ({q.name}) has dtype "
-            f"{q.dtype.name}: build the model and q in the same dtype."
+            f"`log_joint` must return a tensor of shape [num_samples, batch], got "
+            f"{type(log_p).__name__}."
         )
-    expected = tf.TensorShape([num_samples]).concatenate(q.batch_shape)
+    log_p = tf.convert_to_tensor(log_p)
+    if log_p.dtype != log_q.dtype:
+        raise TypeError(
+            f"`log_joint` returned {log_p.dtype.name} but log q(z|x) is {log_q.dtype.name}: "
+            "build the model and q in the same dtype."
+        )
+    expected = tf.TensorShape([num_samples]).concatenate(log_q.shape[1:])
     if not log_p.shape.is_compatible_with(expected):
         raise ValueError(
             f"`log_joint` returned shape {log_p.shape}, expected [num_samples, batch] = "
-            f"{expected}: log p(x, z) must sum over the event dimensions of x and z "
-            "(e.g. wrap per-dimension distributions in tfd.Independent) and keep the "
-            "sample and batch axes."
+            f"{expected}: log p(x, z) must sum over the event dimensions of x and of every "
+            "latent leaf (e.g. wrap per-dimension distributions in tfd.Independent) and "
+            "keep the sample and batch axes."
         )
     return tf.ensure_shape(log_p, expected)

@@ -5,6 +5,21 @@ network q(z|x) (or q(z|x, c)). Its encoder, decoder and prior are plain Keras la
 (or, for the prior, a fixed TFP distribution) that return TFP distributions built
 from their outputs; `tfp.layers` is written for Keras 2 and is not needed.
 
+Structured latents. The encoder may return any TFP `JointDistribution` (batch shape
+[B]), e.g. q(z1|x) q(z2|z1); z then has its structure (a dict, a list, ...), each leaf
+[S, B, *event_i]. The prior returns the same structure (p(z2) p(z1|z2)) and the
+decoder receives the whole structure and reads the leaves it depends on (the
+decoders of `mcobjectives.networks` take `latent`, the key of the one leaf they
+read: "z1" in Burda et al.'s two-layer model). Discrete leaves (Bernoulli in int32)
+train with the score-function objectives (RWS, VIMCO); the others refuse them.
+
+Priors. A fixed `tfd.Distribution` is p(z). A prior Keras layer is called with the
+batch's context, `prior(context)`, for p(z|c); without a context it is called with no
+argument, `prior()`, for a learnable unconditional p(z) (give its `call` a context
+argument that defaults to None: Keras layers need one argument). A layer whose `call`
+requires a context, given a batch without one, is an error. Either way the layer's
+variables are model variables.
+
 `model.compile(optimizer)` and `model.fit(dataset)` then train it with the objective:
 `train_step` evaluates the objective's single surrogate loss once and sends its
 gradient to every variable, which is the objective's model estimator for the decoder
@@ -21,6 +36,7 @@ run is replayed exactly by its seed and its step counter, which the optimizer ke
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -78,13 +94,28 @@ class ImportanceWeightedAutoencoder(keras.Model):
         model.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-4))
         model.fit(images_dataset, epochs=10)   # logs loss, bound and ess
 
+    Burda et al.'s two stochastic layers: the encoder returns the joint
+    q(z1|x) q(z2|z1), the prior layer (called as `prior()`) the joint p(z2) p(z1|z2)
+    with a trainable conditional, and the decoder reads z["z1"]:
+
+        model = ImportanceWeightedAutoencoder(
+            encoder=mco.networks.TwoLayerGaussianEncoder(),               # (100, 50)
+            decoder=mco.networks.BernoulliDecoder(784, latent="z1"),
+            prior=mco.networks.TwoLayerGaussianPrior(),
+            objective=mco.IWAE(64),
+        )
+
     Args:
-      encoder: a Keras layer mapping x (or x, context) to q(z|x), a reparameterized TFP
-        distribution with batch shape [B].
-      decoder: a Keras layer mapping z of shape [S, B, *latent] (or z, context) to
-        p(x|z), a TFP distribution with batch shape [S, B] and x's shape as event.
+      encoder: a Keras layer mapping x (or x, context) to q(z|x), a TFP distribution
+        with batch shape [B] (a single distribution or a `JointDistribution`),
+        reparameterized unless the objective is a score-function one (RWS, VIMCO).
+      decoder: a Keras layer mapping z (q's structure, leaves [S, B, *event_i]; or z,
+        context) to p(x|z), a TFP distribution with batch shape [S, B] and x's shape as
+        event. For structured z it picks the leaves it reads.
       prior: p(z), a TFP distribution whose `log_prob(z)` is [S, B] (batch shape [] or
-        [B]); or, for a conditional model, a Keras layer mapping the context to p(z|c).
+        [B]); or a Keras layer returning one: called as `prior(context)` for a
+        conditional model p(z|c), as `prior()` for a learnable unconditional p(z)
+        (e.g. `mco.networks.TwoLayerGaussianPrior()`, p(z2) p(z1|z2)).
       objective: the `MCObjective` to train with. Create it (and the model) inside a
         distribution strategy's scope if its variables (a learnable CIWAE beta) are to
         be mirrored.
@@ -112,8 +143,8 @@ class ImportanceWeightedAutoencoder(keras.Model):
                 )
         if not isinstance(prior, tfd.Distribution) and not callable(prior):
             raise TypeError(
-                "`prior` must be a tfp.distributions.Distribution or a Keras layer mapping "
-                f"the context to one, got {type(prior).__name__}."
+                "`prior` must be a tfp.distributions.Distribution or a Keras layer returning "
+                f"one (of the context, or of nothing), got {type(prior).__name__}."
             )
         if not isinstance(objective, MCObjective):
             raise TypeError(
@@ -132,11 +163,11 @@ class ImportanceWeightedAutoencoder(keras.Model):
 
     # ----------------------------------------------------------------- the model
     def posterior(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
-        """q(z|x) (or q(z|x, c)), batch shape [B]."""
+        """q(z|x) (or q(z|x, c)), batch shape [B]: a distribution or a `JointDistribution`."""
         return self.encoder(x) if context is None else self.encoder(x, context)
 
     def prior_distribution(self, context: tf.Tensor | None = None) -> tfd.Distribution:
-        """p(z) (or p(z|c))."""
+        """p(z) (or p(z|c)): the fixed prior, `prior(context)`, or, without a context, `prior()`."""
         if isinstance(self.prior, tfd.Distribution):
             if context is not None:
                 raise ValueError(
@@ -144,15 +175,23 @@ class ImportanceWeightedAutoencoder(keras.Model):
                     "Keras layer mapping the context to p(z|c) as `prior`."
                 )
             return self.prior
-        if context is None:
+        if context is not None:
+            return self.prior(context)
+        if not _callable_without_arguments(self.prior):
             raise ValueError(
                 "`prior` is a layer of the context (a conditional model): give each batch "
-                "as {'x': ..., 'context': ...}."
+                "as {'x': ..., 'context': ...}. (A prior layer for an unconditional model "
+                "is called as prior(): give its `call` a context argument defaulting to "
+                "None.)"
             )
-        return self.prior(context)
+        return self.prior()
 
     def log_joint(self, x: tf.Tensor, context: tf.Tensor | None = None) -> Callable:
-        """The function z [S, B, ...] -> log p(x, z) [S, B] (or log p(x, z | c))."""
+        """The function z -> log p(x, z) [S, B] (or log p(x, z | c)), z in q's structure.
+
+        The prior's `log_prob` and the decoder both receive z whole (a tensor
+        [S, B, ...], or the dict or list of leaves of a joint q).
+        """
         prior = self.prior_distribution(context)
 
         def log_joint(z):
@@ -270,7 +309,8 @@ class ImportanceWeightedAutoencoder(keras.Model):
     def log_marginal(self, data, seed, num_samples: int = 5000, chunk_size: int = 500) -> tf.Tensor:
         """log p^(x) per data point ([B]): the IWAE bound with `num_samples`, chunked.
 
-        See `mcobjectives.log_marginal_estimate`; `seed` is one stateless seed.
+        See `mcobjectives.log_marginal_estimate`; `seed` is one stateless seed. Works for
+        structured and discrete q (no gradient is taken).
         """
         x, context, _ = _unpack(data)
         log_joint = self.log_joint(x, context)  # checks the context first
@@ -288,6 +328,18 @@ class ImportanceWeightedAutoencoder(keras.Model):
             "not serialized to a Keras config: save its weights (model.save_weights) or use "
             "tf.train.Checkpoint(model=model, optimizer=optimizer)."
         )
+
+
+def _callable_without_arguments(layer) -> bool:
+    """Whether a prior layer (its `call`, or the callable itself) takes no required argument."""
+    function = layer.call if isinstance(layer, keras.layers.Layer) else layer
+    try:
+        inspect.signature(function).bind()
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): let the call itself decide
+        return True
+    return True
 
 
 def _num_replicas() -> int:

@@ -19,13 +19,80 @@ parameters is the model estimator and w.r.t. the inference parameters the infere
 estimator. A parameter shared by p and q receives the sum of both terms, which is the
 unified surrogate of Tucker et al. (2019), appendix 8.3 (eqs. 11-16). The loss keeps
 the value of the bound: `loss = -mean_b(value + S - stop_gradient(S))`.
+
+Structured latents. q may be any TFP distribution with batch shape [B], including a
+`JointDistribution` (Sequential, Named, Coroutine, and their AutoBatched forms with
+`batch_ndims=1`). z then has q's own structure (a list, a dict, ...), each leaf
+[S, B, *event_i], and `log_joint` takes that structure. The path term sums over
+every leaf. For a hierarchical q(z1|x) q(z2|z1), the path derivative holds q's
+*parameters* fixed, not the per-layer means and scales: z1 stays live inside
+q(z2|z1), so d log w / d z1 includes d log q(z2|z1) / d z1. That is what makes DReG
+unbiased: Tucker et al. (2019)'s identity E_q[f(z) d log q(z; phi)/d phi] =
+E_eps[d f/d z * d z/d phi] holds for the joint reparameterization z = T(eps; phi) of
+all layers at once, with log q the joint density evaluated at fixed phi (see also
+Bauer & Mnih, 2021, on the hierarchical case). Stopping the means and scales of
+q(z2|z1) instead would drop part of the score term and bias the estimator.
+
+Adding an objective
+-------------------
+An objective is a subclass with three parts; nothing else in the library changes
+except one export line in `mcobjectives/__init__.py` and one line in
+`mcobjectives.registry.OBJECTIVES`. Worked on VIMCO (Mnih & Rezende, 2016), whose
+inference gradient is a score-function estimator with a leave-one-out baseline:
+
+1. Declare how its gradient reaches q's parameters, as a class attribute
+   `gradient_path` (a `GradientPath`); forgetting it raises at the first call.
+
+   * `GradientPath.TOTAL`: `_coefficients` returns `Coefficients.total(c)`; the
+     surrogate is sum_k c_k log w_k differentiated in full (z keeps its gradient).
+     One backward pass: the cheapest, for objectives whose model and inference
+     gradients are the total derivative of one expression (IWAE, MIWAE, CIWAE).
+   * `GradientPath.SPLIT`: log p and log q are evaluated at stop_gradient(z) and the
+     path term is formed from d log w / dz (an inner tape): model, path and score
+     coefficients may all differ (STL, DReG, PIWAE, JVI-DReG).
+   * `GradientPath.SCORE`: as SPLIT without a path term, so q need not be
+     reparameterized and may have discrete leaves (RWS, VIMCO). Returning a path
+     coefficient raises.
+
+   VIMCO: `gradient_path = GradientPath.SCORE`, `min_num_samples = 2`.
+
+2. Store every constructor argument as an attribute of the same name (or a property)
+   and call `super().__init__(num_samples, name=name)`; the base class validates
+   `num_samples` (an int >= `min_num_samples`) and derives `repr(objective)` and
+   `get_config()` (the keyword arguments that rebuild it) from the signature.
+
+       def __init__(self, num_samples: int, name: str | None = None):
+           super().__init__(num_samples, name=name)
+
+3. Implement `_value(log_weights)` -> [B] and `_coefficients(log_weights)` ->
+   `Coefficients` of [S, B] tensors, both from the stopped log weights [S, B]. The
+   coefficients are read off the estimator's formula: the surrogate's gradient is
+   sum_k model_k d log p(x, z_k) + path_k (path derivative)_k + score_k d log q(z_k).
+   VIMCO's value is L_K; its model gradient is IWAE's (model_k = w~_k); its
+   inference gradient sum_k [(L_K - L_K^(-k)) - w~_k] d log q(z_k|x) is a score term
+   only, so score_k = (L_K - L_K^(-k)) - w~_k and path = None:
+
+       def _value(self, log_weights):
+           return log_mean_exp(log_weights)
+
+       def _coefficients(self, log_weights):
+           normalized = normalized_weights(log_weights)
+           learning_signal = log_mean_exp(log_weights) - leave_one_out_bound(...)
+           return Coefficients(model=normalized, path=None,
+                               score=learning_signal - normalized)
+
+Test it as `tests/test_exact_gradients.py` does: replay the noise with
+`mcobjectives.sampling.sample(q, S, seed)` and compare loss and gradients with a
+derivation by hand in `tests/reference.py`.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
+import inspect
 from collections.abc import Callable, Sequence
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -34,13 +101,32 @@ from mcobjectives import _checks, sampling, weights
 
 tfd = tfp.distributions
 
-__all__ = ["Coefficients", "Gradients", "LogJoint", "MCObjective", "ObjectiveResult"]
+__all__ = [
+    "Coefficients",
+    "GradientPath",
+    "Gradients",
+    "LogJoint",
+    "MCObjective",
+    "ObjectiveResult",
+]
 
-LogJoint = Callable[[tf.Tensor], tf.Tensor]
-"""A callable taking z of shape [S, B, *event] and returning log p(x, z) of shape [S, B]."""
+LogJoint = Callable[[Any], tf.Tensor]
+"""A callable taking z (leaves [S, B, *event], q's structure) and returning log p(x, z), [S, B]."""
 
-# How an objective's gradient reaches q's parameters; see MCObjective._gradient.
-_TOTAL, _SPLIT, _SCORE = "total", "split", "score"
+
+class GradientPath(enum.Enum):
+    """How an objective's gradient reaches q's parameters (see "Adding an objective").
+
+    TOTAL: the surrogate is sum_k c_k log w_k differentiated in full; the objective's
+      coefficients must be `Coefficients.total(c)`.
+    SPLIT: separate model, path and score coefficients; the path term needs a
+      reparameterized q.
+    SCORE: model and score coefficients only; q need not be reparameterized.
+    """
+
+    TOTAL = "total"
+    SPLIT = "split"
+    SCORE = "score"
 
 
 class Coefficients(NamedTuple):
@@ -59,7 +145,13 @@ class Coefficients(NamedTuple):
     @classmethod
     def total(cls, coefficient: tf.Tensor) -> Coefficients:
         """The coefficients of `coefficient * log w_k` differentiated in full."""
-        return cls(coefficient, coefficient, -coefficient)
+        return _TotalCoefficients(coefficient, coefficient, -coefficient)
+
+
+class _TotalCoefficients(Coefficients):
+    """Coefficients made by `Coefficients.total`: what a TOTAL objective must return."""
+
+    __slots__ = ()
 
 
 class Gradients(NamedTuple):
@@ -77,8 +169,8 @@ class ObjectiveResult(NamedTuple):
         gradient w.r.t. the model variables is the objective's model estimator and
         w.r.t. the inference variables its inference estimator (both averaged over
         the batch, as descent directions).
-      bound: [B], the objective's value per data point (for PIWAE, RWS, STL and DReG:
-        the IWAE bound of all samples; for JVI: the jackknife estimate).
+      bound: [B], the objective's value per data point (for PIWAE, RWS, STL, DReG and
+        VIMCO: the IWAE bound of all samples; for JVI: the jackknife estimate).
       log_weights: [S, B], log w = log p(x, z) - log q(z|x) for every sample, laid out
         [num_outer * num_inner] (outer-major) for MIWAE and PIWAE.
       ess: [B], the effective sample size (sum w)^2 / sum w^2 of all S weights.
@@ -137,37 +229,74 @@ class ObjectiveResult(NamedTuple):
 class MCObjective(tf.Module, metaclass=abc.ABCMeta):
     """A Monte Carlo objective: a bound on log p(x) and its gradient estimators.
 
-    Subclasses set `_gradient` and implement `_value` and `_coefficients`:
-
-    * `_gradient = "total"`: the coefficients are `Coefficients.total(c)`; z keeps its
-      gradient and the surrogate is sum_k c_k log w_k, differentiated in full (one
-      backward pass, the cheapest).
-    * `"split"`: log p and log q are evaluated at stop_gradient(z) and the path term
-      is formed from d log w / dz (computed once, with an inner tape): the model
-      and inference coefficients may differ (STL, DReG, PIWAE, JVI-DReG).
-    * `"score"`: as "split" without a path term: q need not be reparameterized (RWS).
+    Subclasses declare `gradient_path` and implement `_value` and `_coefficients`;
+    see "Adding an objective" in this module's docstring.
 
     Call an objective as `objective(q, log_joint, seed=seed)`, where q is the
-    inference distribution with batch shape [B] and `log_joint(z)` maps samples
-    [S, B, *event] to log p(x, z) of shape [S, B]. Samples are drawn with
+    inference distribution with batch shape [B] (a single distribution or a TFP
+    `JointDistribution`) and `log_joint(z)` maps samples (leaves [S, B, *event]) to
+    log p(x, z) of shape [S, B]. Samples are drawn with
     `mcobjectives.sampling.sample(q, S, seed)`, so a seed replays them exactly.
 
     `log_joint` must treat samples independently: log p(x_b, z_sb) may not depend on
     other samples (no batch statistics across samples, such as batch normalization in
     training mode), since path derivatives are taken of the sum over samples.
+
+    Attributes:
+      gradient_path: a `GradientPath`, declared by every subclass.
+      min_num_samples: the smallest valid `num_samples` (1; 2 for leave-one-out
+        objectives).
     """
 
-    _gradient: ClassVar[str] = _TOTAL
+    gradient_path: ClassVar[GradientPath | None] = None
+    min_num_samples: ClassVar[int] = 1
 
     def __init__(self, num_samples: int, name: str | None = None):
         super().__init__(name=name)
-        self._num_samples = num_samples
+        self._num_samples = _checks.check_count(
+            "num_samples", num_samples, minimum=self.min_num_samples
+        )
+        self._given_name = name
 
     @property
     def num_samples(self) -> int:
         """S, the number of samples drawn per data point."""
         return self._num_samples
 
+    # ------------------------------------------------------------ configuration
+    def get_config(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this objective: `type(o)(**o.get_config())`.
+
+        Read from the constructor's signature: every argument must be stored as an
+        attribute (or property) of the same name, or the subclass overrides this.
+        """
+        config = {}
+        for arg, parameter in inspect.signature(type(self).__init__).parameters.items():
+            if arg in ("self", "name") or parameter.kind in (
+                parameter.VAR_POSITIONAL,
+                parameter.VAR_KEYWORD,
+            ):
+                continue
+            if not hasattr(self, arg):
+                raise NotImplementedError(
+                    f"{type(self).__name__} does not store its constructor argument `{arg}` "
+                    f"as an attribute: set self.{arg} in __init__ or override get_config."
+                )
+            config[arg] = getattr(self, arg)
+        if self._given_name is not None:
+            config["name"] = self._given_name
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> MCObjective:
+        """The objective `get_config` describes."""
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({arguments})"
+
+    # -------------------------------------------------------------- subclasses
     @abc.abstractmethod
     def _value(self, log_weights: tf.Tensor) -> tf.Tensor:
         """The reported value per data point, [B], from stopped log weights [S, B]."""
@@ -176,13 +305,27 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
     def _coefficients(self, log_weights: tf.Tensor) -> Coefficients:
         """Per-sample coefficients [S, B] of the three gradient paths."""
 
+    def _declared_path(self) -> GradientPath:
+        path = self.gradient_path
+        if not isinstance(path, GradientPath):
+            raise TypeError(
+                f"{type(self).__name__} must declare how its gradient reaches q: set the "
+                "class attribute `gradient_path` to mcobjectives.GradientPath.TOTAL, SPLIT "
+                f"or SCORE (got {path!r}). See 'Adding an objective' in mcobjectives.base."
+            )
+        return path
+
+    # -------------------------------------------------------------------- call
     def __call__(self, q: tfd.Distribution, log_joint: LogJoint, seed) -> ObjectiveResult:
         """Evaluates the objective on one batch.
 
         Args:
-          q: q(z|x), a TFP distribution with batch shape [B] and a float event of any
-            shape. It must be fully reparameterized unless the objective is RWS.
-          log_joint: z [S, B, *event] -> log p(x, z) [S, B], in q's dtype.
+          q: q(z|x), a TFP distribution with batch shape [B]: a single distribution or
+            a `JointDistribution` whose every part has batch shape [B]. Its leaves must
+            be fully reparameterized unless the objective's `gradient_path` is SCORE
+            (RWS, VIMCO), which also takes discrete leaves in any dtype.
+          log_joint: z (q's structure, leaves [S, B, *event_i]) -> log p(x, z) [S, B],
+            in the dtype of log q.
           seed: a stateless seed, an int or a shape-[2] integer tensor; or a [B, 2]
             integer tensor of per-example seeds, so that each data point's samples
             do not depend on the rest of the batch (see `mcobjectives.sampling`).
@@ -191,34 +334,34 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         Returns:
           An `ObjectiveResult`.
         """
+        path = self._declared_path()
         _checks.check_distribution(
-            q, objective=type(self).__name__, needs_reparameterization=self._gradient != _SCORE
+            q,
+            objective=type(self).__name__,
+            needs_reparameterization=path is not GradientPath.SCORE,
         )
         _checks.check_log_joint(log_joint)
         _checks.check_seed(seed)
-        event_rank = q.event_shape.rank
-        if event_rank is None:
-            raise ValueError(f"`q` ({q.name}) must have a statically known event rank.")
 
         z = sampling.sample(q, self.num_samples, seed)
-        if self._gradient == _TOTAL:
-            log_p = self._log_joint(log_joint, z, q)
-            log_w = log_p - q.log_prob(z)
+        if path is GradientPath.TOTAL:
+            log_q = q.log_prob(z)
+            log_p = self._log_joint(log_joint, z, log_q)
+            log_w = log_p - log_q
         else:
-            fixed_z = tf.stop_gradient(z)
+            fixed_z = tf.nest.map_structure(tf.stop_gradient, z)
+            continuous = [leaf for leaf in tf.nest.flatten(fixed_z) if leaf.dtype.is_floating]
             with tf.GradientTape(watch_accessed_variables=False) as inner:
-                inner.watch(fixed_z)
-                log_p = self._log_joint(log_joint, fixed_z, q)
+                inner.watch(continuous)
                 log_q = q.log_prob(fixed_z)
+                log_p = self._log_joint(log_joint, fixed_z, log_q)
                 log_w = log_p - log_q
 
         stopped = tf.stop_gradient(log_w)
         value = self._value(stopped)
-        coefficients = Coefficients(
-            *(None if c is None else tf.stop_gradient(c) for c in self._coefficients(stopped))
-        )
+        coefficients = self._checked_coefficients(self._coefficients(stopped), path, stopped)
 
-        if self._gradient == _TOTAL:
+        if path is GradientPath.TOTAL:
             surrogate = tf.reduce_sum(coefficients.model * log_w, axis=0)
         else:
             surrogate = tf.reduce_sum(coefficients.model * log_p, axis=0)
@@ -226,12 +369,17 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
                 surrogate += tf.reduce_sum(coefficients.score * log_q, axis=0)
             if coefficients.path is not None:
                 dlogw_dz = inner.gradient(
-                    log_w, fixed_z, unconnected_gradients=tf.UnconnectedGradients.ZERO
+                    log_w, continuous, unconnected_gradients=tf.UnconnectedGradients.ZERO
                 )
-                event_axes = list(range(2, 2 + event_rank))
-                # Value 0; gradient: d log w / dz (q held fixed) * dz / dphi.
-                path = tf.reduce_sum(tf.stop_gradient(dlogw_dz) * (z - fixed_z), axis=event_axes)
-                surrogate += tf.reduce_sum(coefficients.path * path, axis=0)
+                live = [leaf for leaf in tf.nest.flatten(z) if leaf.dtype.is_floating]
+                path_term = 0.0
+                for grad, leaf, fixed in zip(dlogw_dz, live, continuous, strict=True):
+                    event_axes = list(range(2, leaf.shape.rank))
+                    # Value 0; gradient: d log w / dz (q's parameters fixed) * dz / dphi.
+                    path_term += tf.reduce_sum(
+                        tf.stop_gradient(grad) * (leaf - fixed), axis=event_axes
+                    )
+                surrogate += tf.reduce_sum(coefficients.path * path_term, axis=0)
 
         loss = -tf.reduce_mean(value + surrogate - tf.stop_gradient(surrogate))
         return ObjectiveResult(
@@ -241,5 +389,48 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
             ess=weights.effective_sample_size(stopped),
         )
 
-    def _log_joint(self, log_joint: LogJoint, z: tf.Tensor, q: tfd.Distribution) -> tf.Tensor:
-        return _checks.check_log_joint_output(log_joint(z), q, self.num_samples)
+    def _log_joint(self, log_joint: LogJoint, z, log_q: tf.Tensor) -> tf.Tensor:
+        return _checks.check_log_joint_output(log_joint(z), log_q, self.num_samples)
+
+    def _checked_coefficients(
+        self, coefficients, path: GradientPath, log_weights: tf.Tensor
+    ) -> Coefficients:
+        """Checks what `_coefficients` returned against `gradient_path`; stops its gradient."""
+        name = type(self).__name__
+        if not isinstance(coefficients, Coefficients):
+            raise TypeError(
+                f"{name}._coefficients must return mcobjectives.Coefficients, got "
+                f"{type(coefficients).__name__}."
+            )
+        if coefficients.model is None:
+            raise ValueError(f"{name}._coefficients returned no model coefficient.")
+        if path is GradientPath.TOTAL and not (
+            isinstance(coefficients, _TotalCoefficients) and coefficients.path is coefficients.model
+        ):
+            raise ValueError(
+                f"{name} declares gradient_path = GradientPath.TOTAL but its coefficients "
+                "are not Coefficients.total(c): a TOTAL surrogate differentiates "
+                "sum_k c_k log w_k in full and cannot give the model, path and score "
+                "terms different weights. Return Coefficients.total(c), or declare "
+                "GradientPath.SPLIT (or SCORE)."
+            )
+        if path is GradientPath.SCORE and coefficients.path is not None:
+            raise ValueError(
+                f"{name} declares gradient_path = GradientPath.SCORE but returned a path "
+                "coefficient: the SCORE path never differentiates through z. Return "
+                "path=None, or declare GradientPath.SPLIT (which needs a reparameterized q)."
+            )
+        expected = log_weights.shape
+        checked = []
+        for field, c in zip(Coefficients._fields, coefficients, strict=True):
+            if c is not None:
+                c = tf.convert_to_tensor(c, dtype_hint=log_weights.dtype)
+                if c.dtype != log_weights.dtype or not c.shape.is_compatible_with(expected):
+                    raise ValueError(
+                        f"{name}._coefficients returned a `{field}` coefficient of "
+                        f"{c.dtype.name} {c.shape}; expected {log_weights.dtype.name} "
+                        f"{expected}, one per sample and data point."
+                    )
+                c = tf.stop_gradient(c)
+            checked.append(c)
+        return Coefficients(*checked)

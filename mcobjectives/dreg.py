@@ -8,9 +8,11 @@ References:
 
 from __future__ import annotations
 
+import tensorflow as tf
+
 from mcobjectives import _checks
-from mcobjectives.base import _SPLIT, Coefficients, MCObjective
-from mcobjectives.weights import log_mean_exp, normalized_weights
+from mcobjectives.base import Coefficients, GradientPath, MCObjective
+from mcobjectives.weights import leave_one_out_logsumexp, log_mean_exp, normalized_weights
 
 __all__ = ["STL", "DReG"]
 
@@ -28,10 +30,10 @@ class STL(MCObjective):
       num_samples: K >= 1.
     """
 
-    _gradient = _SPLIT
+    gradient_path = GradientPath.SPLIT
 
     def __init__(self, num_samples: int, name: str | None = None):
-        super().__init__(_checks.check_count("num_samples", num_samples), name=name)
+        super().__init__(num_samples, name=name)
 
     def _value(self, log_weights):
         return log_mean_exp(log_weights)
@@ -59,10 +61,10 @@ class DReG(MCObjective):
       alpha: in [0, 1]; default 0.0 (IWAE-DReG).
     """
 
-    _gradient = _SPLIT
+    gradient_path = GradientPath.SPLIT
 
     def __init__(self, num_samples: int, alpha: float = 0.0, name: str | None = None):
-        super().__init__(_checks.check_count("num_samples", num_samples), name=name)
+        super().__init__(num_samples, name=name)
         self.alpha = _checks.check_unit_interval("alpha", alpha)
 
     def _value(self, log_weights):
@@ -70,5 +72,15 @@ class DReG(MCObjective):
 
     def _coefficients(self, log_weights):
         normalized = normalized_weights(log_weights)
-        path = self.alpha * normalized + (1.0 - 2.0 * self.alpha) * normalized**2
+        # alpha w~ + (1 - 2 alpha) w~^2 = w~ (alpha (1 - w~) + (1 - alpha) w~), with
+        # 1 - w~_k summed from the other weights: w~ - w~^2 would cancel for a dominant
+        # weight (w~_k -> 1), leaving RWS-DReG's coefficient as rounding noise.
+        if self.num_samples == 1:
+            others = tf.zeros_like(normalized)
+        else:
+            others = tf.exp(
+                leave_one_out_logsumexp(log_weights, axis=0)
+                - tf.reduce_logsumexp(log_weights, axis=0)
+            )
+        path = normalized * (self.alpha * others + (1.0 - self.alpha) * normalized)
         return Coefficients(model=normalized, path=path, score=None)

@@ -13,7 +13,7 @@ import math
 import tensorflow as tf
 
 from mcobjectives import _checks
-from mcobjectives.base import _SPLIT, Coefficients, MCObjective
+from mcobjectives.base import Coefficients, GradientPath, MCObjective
 from mcobjectives.weights import log_mean_exp, normalized_weights
 
 __all__ = ["CIWAE", "IWAE", "MIWAE", "PIWAE", "VAE"]
@@ -41,8 +41,10 @@ class IWAE(MCObjective):
       num_samples: K >= 1.
     """
 
+    gradient_path = GradientPath.TOTAL
+
     def __init__(self, num_samples: int, name: str | None = None):
-        super().__init__(_checks.check_count("num_samples", num_samples), name=name)
+        super().__init__(num_samples, name=name)
 
     def _value(self, log_weights):
         return log_mean_exp(log_weights)
@@ -62,6 +64,8 @@ class MIWAE(MCObjective):
       num_outer: M >= 1, the number of averaged bounds.
       num_inner: K >= 1, the samples inside each bound.
     """
+
+    gradient_path = GradientPath.TOTAL
 
     def __init__(self, num_outer: int, num_inner: int, name: str | None = None):
         self.num_outer = _checks.check_count("num_outer", num_outer)
@@ -91,6 +95,12 @@ class VAE(MIWAE):
             num_outer=_checks.check_count("num_samples", num_samples), num_inner=1, name=name
         )
 
+    def get_config(self):
+        config = {"num_samples": self.num_samples}
+        if self._given_name is not None:
+            config["name"] = self._given_name
+        return config
+
 
 class CIWAE(MCObjective):
     """The combination bound of [2] (eqs. 13-14): beta * ELBO + (1 - beta) * IWAE.
@@ -118,6 +128,8 @@ class CIWAE(MCObjective):
       learnable_beta: whether beta is a trainable variable initialised at `beta`.
     """
 
+    gradient_path = GradientPath.TOTAL
+
     def __init__(
         self,
         num_samples: int,
@@ -125,11 +137,12 @@ class CIWAE(MCObjective):
         learnable_beta: bool = False,
         name: str | None = None,
     ):
-        super().__init__(_checks.check_count("num_samples", num_samples), name=name)
+        super().__init__(num_samples, name=name)
         if not isinstance(learnable_beta, bool):
             raise TypeError(f"`learnable_beta` must be a bool, got {learnable_beta!r}.")
         beta = _checks.check_unit_interval("beta", beta, open_interval=learnable_beta)
         self.learnable_beta = learnable_beta
+        self._initial_beta = beta
         if learnable_beta:
             logit = math.log(beta) - math.log1p(-beta)
             if not 0.0 < float(tf.sigmoid(tf.constant(logit, tf.float32))) < 1.0:
@@ -138,6 +151,7 @@ class CIWAE(MCObjective):
                     "sigmoid(logit(beta)) rounds to an endpoint in float32."
                 )
             self.beta_logit = tf.Variable(logit, dtype=tf.float32, name="beta_logit")
+            self._initial_logit = float(self.beta_logit)
         else:
             self._fixed_beta = beta
 
@@ -149,7 +163,18 @@ class CIWAE(MCObjective):
         return self._fixed_beta
 
     def _beta(self, dtype) -> tf.Tensor:
-        return tf.cast(self.beta, dtype)
+        if self.learnable_beta:
+            return tf.cast(self.beta, dtype)
+        # Straight from the Python float: tf.cast(0.3, tf.float64) would round through float32.
+        return tf.constant(self._fixed_beta, dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.learnable_beta and float(self.beta_logit) != self._initial_logit:
+            config["beta"] = float(self.beta)  # trained: the current value
+        else:
+            config["beta"] = self._initial_beta
+        return config
 
     def _value(self, log_weights):
         beta = self._beta(log_weights.dtype)
@@ -178,7 +203,7 @@ class PIWAE(MCObjective):
       num_inner: L >= 1.
     """
 
-    _gradient = _SPLIT
+    gradient_path = GradientPath.SPLIT
 
     def __init__(self, num_outer: int, num_inner: int, name: str | None = None):
         self.num_outer = _checks.check_count("num_outer", num_outer)

@@ -1,15 +1,39 @@
 """Keras layers that return TFP distributions: the encoders, decoders and priors of the papers.
 
-Burda et al. (2016) and Rainforth et al. (2018) use, for MNIST, an encoder
-784-200-200-(2 x 50) with tanh units giving a diagonal Gaussian q(z|x), and a decoder
-50-200-200-784 with tanh units giving independent Bernoulli pixels. Tucker et al.
-(2019) condition the prior and decoder on the top half of a digit (structured
-prediction). These layers build exactly those models: each is a Keras layer whose call
-returns a TFP distribution made from its dense layers' outputs (`tfp.layers` is written
-for Keras 2 and cannot be used in Keras 3 models).
+Each layer is a Keras layer whose call returns a TFP distribution made from its dense
+layers' outputs (`tfp.layers` is written for Keras 2 and cannot be used in Keras 3
+models). The layers build these models:
 
-Each layer takes an optional `context`, concatenated to its input, so the same layers
-build conditional models q(z|x, c), p(z|c) and p(x|z, c).
+One stochastic layer (Burda et al. 2016, section 5; Rainforth et al. 2018):
+  q(z|x)    784-200-200-(2 x 50), tanh, diagonal Gaussian    `GaussianEncoder(50)`
+  p(z)      N(0, I) over 50 latents                          a fixed `tfd` distribution
+  p(x|z)    50-200-200-784, tanh, Bernoulli pixels           `BernoulliDecoder(784)`
+Tucker et al. (2019) condition the prior and decoder on the top half of a digit
+(structured prediction): `GaussianPrior` is p(z|c), and every layer here takes an
+optional `context`, concatenated to its input, for q(z|x, c) and p(x|z, c).
+
+Two stochastic layers (Burda et al. 2016, section 5 and appendix C): z1 of 100 units
+next to the data and z2 of 50 units above it, two deterministic tanh layers of 200
+units between x and z1 and two of 100 units between z1 and z2, in both networks:
+  q(z1|x)   784-200-200-(2 x 100)   } `TwoLayerGaussianEncoder()`
+  q(z2|z1)  100-100-100-(2 x 50)    }   JointDistributionNamed({"z1": ..., "z2": ...})
+  p(z2)     N(0, I) over 50         } `TwoLayerGaussianPrior()`
+  p(z1|z2)  50-100-100-(2 x 100)    }   JointDistributionNamed({"z2": ..., "z1": ...})
+  p(x|z1)   100-200-200-784         `BernoulliDecoder(784, latent="z1")`
+
+A sigmoid belief net (Neal 1992) with two layers of 200 binary units, the 200-200-784
+SBN of Mnih & Gregor (2014) and Mnih & Rezende (2016), whose score-function
+estimators (NVIL, VIMCO; RWS, Bornschein & Bengio 2015) train it:
+  q(z1|x) q(z2|z1)   784-200, 200-200, Bernoulli (int32)   `SigmoidBeliefEncoder()`
+  p(z2) p(z1|z2)     learnable logits, 200-200, Bernoulli  `SigmoidBeliefPrior()`
+  p(x|z1)            200-784, Bernoulli pixels             `BernoulliDecoder(784, (),
+                                                                latent="z1")`
+
+Structured latents. The two-layer encoders return a `tfd.JointDistributionNamed` with
+keys "z1" (next to the data) and "z2", so z is a dict of [S, B, *event] leaves; the
+priors return the same structure. A decoder reads one leaf, named by its `latent`
+argument. The priors of the two-layer families are unconditional: they take no
+context and `ImportanceWeightedAutoencoder` calls them as `prior()`.
 """
 
 from __future__ import annotations
@@ -25,13 +49,48 @@ from mcobjectives import _checks
 
 tfd = tfp.distributions
 
-__all__ = ["BernoulliDecoder", "GaussianEncoder", "GaussianPrior"]
+__all__ = [
+    "BernoulliDecoder",
+    "GaussianEncoder",
+    "GaussianPrior",
+    "SigmoidBeliefEncoder",
+    "SigmoidBeliefPrior",
+    "TwoLayerGaussianEncoder",
+    "TwoLayerGaussianPrior",
+]
 
 
 def _hidden_units(hidden_units: Sequence[int]) -> tuple[int, ...]:
     if isinstance(hidden_units, (str, bytes)) or not isinstance(hidden_units, Sequence):
         raise TypeError(f"`hidden_units` must be a sequence of ints, got {hidden_units!r}.")
     return tuple(_checks.check_count("hidden_units", h) for h in hidden_units)
+
+
+def _latent_sizes(latent_sizes: Sequence[int], lengths: tuple[int, ...]) -> tuple[int, ...]:
+    """`latent_sizes` as a tuple of ints, one per stochastic layer (z1 first)."""
+    if (
+        isinstance(latent_sizes, (str, bytes))
+        or not isinstance(latent_sizes, Sequence)
+        or len(latent_sizes) not in lengths
+    ):
+        counts = " or ".join(str(n) for n in lengths)
+        raise ValueError(
+            f"`latent_sizes` must be a sequence of {counts} ints, the sizes of z1 (next to "
+            f"the data) and z2, got {latent_sizes!r}."
+        )
+    return tuple(_checks.check_count("latent_sizes", n) for n in latent_sizes)
+
+
+def _hidden_pair(hidden_units) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """((hidden units between x and z1), (hidden units between z1 and z2))."""
+    if isinstance(hidden_units, (str, bytes)) or not (
+        isinstance(hidden_units, Sequence) and len(hidden_units) == 2
+    ):
+        raise ValueError(
+            "`hidden_units` must be a pair of sequences of ints, the hidden layers of "
+            f"q(z1|x) and of q(z2|z1), e.g. ((200, 200), (100, 100)); got {hidden_units!r}."
+        )
+    return _hidden_units(hidden_units[0]), _hidden_units(hidden_units[1])
 
 
 def _concat_context(inputs: tf.Tensor, context: tf.Tensor | None) -> tf.Tensor:
@@ -42,6 +101,21 @@ def _concat_context(inputs: tf.Tensor, context: tf.Tensor | None) -> tf.Tensor:
     lead = tf.shape(inputs)[:-1]
     context = tf.broadcast_to(context, tf.concat([lead, tf.shape(context)[-1:]], axis=0))
     return tf.concat([inputs, context], axis=-1)
+
+
+def _build_head(head: keras.layers.Layer, input_size) -> None:
+    """Builds the MLP of a distribution layer for inputs of `input_size` features."""
+    with keras.name_scope(head.name):  # the variables' paths, as if built by a call
+        head.net.build((None, input_size))
+
+
+def _refuse_context(layer: keras.layers.Layer, context) -> None:
+    if context is not None:
+        raise ValueError(
+            f"{type(layer).__name__} is an unconditional prior p(z): it takes no context "
+            "(call it as prior()). For a conditional model use a prior layer of the "
+            "context, such as GaussianPrior."
+        )
 
 
 class _MLP(keras.layers.Layer):
@@ -64,7 +138,16 @@ class _MLP(keras.layers.Layer):
             output_size, bias_initializer=output_bias_initializer, name="output"
         )
 
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.hidden:
+            layer.build(shape)
+            shape = (*shape[:-1], layer.units)
+        self.output_layer.build(shape)
+
     def call(self, inputs):
+        if inputs.shape.rank == 1:  # one unbatched input, e.g. from prior.sample()
+            return self.call(inputs[tf.newaxis])[0]
         h = inputs
         for layer in self.hidden:
             h = layer(h)
@@ -84,6 +167,22 @@ class _DiagonalGaussian(keras.layers.Layer):
         loc, raw_scale = tf.split(self.net(tf.cast(inputs, self.compute_dtype)), 2, axis=-1)
         scale = tf.nn.softplus(raw_scale) + self.min_scale
         return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+
+    def call(self, inputs: tf.Tensor) -> tfd.Distribution:
+        return self._distribution(inputs)
+
+
+class _IndependentBernoulli(keras.layers.Layer):
+    """prod_i Bernoulli(sigmoid(logit_i(h))), logits = MLP(h), in TFP's default int32 dtype."""
+
+    def __init__(self, latent_size, hidden_units, activation, name):
+        super().__init__(name=name)
+        self.latent_size = _checks.check_count("latent_size", latent_size)
+        self.net = _MLP(hidden_units, self.latent_size, activation, name="mlp")
+
+    def call(self, inputs: tf.Tensor) -> tfd.Distribution:
+        logits = self.net(tf.cast(inputs, self.compute_dtype))
+        return tfd.Independent(tfd.Bernoulli(logits=logits), reinterpreted_batch_ndims=1)
 
 
 class GaussianEncoder(_DiagonalGaussian):
@@ -133,16 +232,245 @@ class GaussianPrior(_DiagonalGaussian):
         return self._distribution(context)
 
 
+class TwoLayerGaussianEncoder(keras.layers.Layer):
+    """q(z1, z2|x) = q(z1|x) q(z2|z1), diagonal Gaussians: Burda et al.'s two-layer encoder.
+
+    Returns `tfd.JointDistributionNamed({"z1": q(z1|x), "z2": lambda z1: q(z2|z1)})`
+    with batch shape [B]; samples are dicts {"z1": [S, B, 100], "z2": [S, B, 50]}.
+    Each conditional is an MLP with tanh hidden layers whose output gives mu and
+    sigma_raw, sigma = softplus(sigma_raw) + `min_scale` (Burda et al. exponentiate the
+    predicted variances; softplus keeps the scale's gradient bounded). With the
+    defaults (Burda et al. 2016, section 5 and appendix C):
+
+      q(z1|x)   x-200-200-(2 x 100)
+      q(z2|z1)  100-100-100-(2 x 50)
+
+    With a context, both conditionals also read it: q(z1|x, c) q(z2|z1, c).
+
+    Args:
+      latent_sizes: (size of z1, size of z2); (100, 50) in Burda et al.
+      hidden_units: (hidden widths of q(z1|x), hidden widths of q(z2|z1));
+        ((200, 200), (100, 100)) in Burda et al.
+      activation: the hidden units' activation ("tanh" in Burda et al.).
+      min_scale: a floor on sigma, for numerical safety.
+    """
+
+    def __init__(
+        self,
+        latent_sizes: Sequence[int] = (100, 50),
+        hidden_units: Sequence[Sequence[int]] = ((200, 200), (100, 100)),
+        activation: str = "tanh",
+        min_scale: float = 1e-4,
+        name: str = "encoder",
+    ):
+        super().__init__(name=name)
+        self.latent_sizes = _latent_sizes(latent_sizes, (2,))
+        self.hidden_units = _hidden_pair(hidden_units)
+        self.q_z1 = _DiagonalGaussian(
+            self.latent_sizes[0], self.hidden_units[0], activation, min_scale, name="q_z1"
+        )
+        self.q_z2 = _DiagonalGaussian(
+            self.latent_sizes[1], self.hidden_units[1], activation, min_scale, name="q_z2"
+        )
+
+    def build(self, x_shape, context_shape=None):
+        context_size = 0 if context_shape is None else context_shape[-1]
+        _build_head(self.q_z1, x_shape[-1] + context_size)
+        _build_head(self.q_z2, self.latent_sizes[0] + context_size)
+
+    def call(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.JointDistribution:
+        q_z1 = self.q_z1(_concat_context(tf.cast(x, self.compute_dtype), context))
+
+        def q_z2(z1):
+            return self.q_z2(_concat_context(z1, context))
+
+        return tfd.JointDistributionNamed({"z1": q_z1, "z2": q_z2})
+
+
+class TwoLayerGaussianPrior(keras.layers.Layer):
+    """p(z1, z2) = p(z2) p(z1|z2): Burda et al.'s two-layer prior, with a trainable conditional.
+
+    Called with no arguments (`prior()`), it returns
+    `tfd.JointDistributionNamed({"z2": N(0, I), "z1": lambda z2: N(mu(z2), sigma(z2))})`:
+    p(z2) a standard normal over 50 latents (batch shape [], broadcast over samples and
+    data points), p(z1|z2) a diagonal Gaussian over 100 latents from a 50-100-100-(2 x
+    100) tanh MLP of z2 (Burda et al. 2016, section 5 and appendix C), sigma =
+    softplus(sigma_raw) + `min_scale`. Its variables are created when the layer is
+    first called, and `ImportanceWeightedAutoencoder` counts them among the model
+    variables. The prior is unconditional: a context is refused.
+
+    Args:
+      latent_sizes: (size of z1, size of z2); (100, 50) in Burda et al.
+      hidden_units: hidden widths of p(z1|z2); (100, 100) in Burda et al.
+      activation: the hidden units' activation ("tanh" in Burda et al.).
+      min_scale: a floor on sigma, for numerical safety.
+    """
+
+    def __init__(
+        self,
+        latent_sizes: Sequence[int] = (100, 50),
+        hidden_units: Sequence[int] = (100, 100),
+        activation: str = "tanh",
+        min_scale: float = 1e-4,
+        name: str = "prior",
+    ):
+        super().__init__(name=name)
+        self.latent_sizes = _latent_sizes(latent_sizes, (2,))
+        self.hidden_units = _hidden_units(hidden_units)
+        self.p_z1 = _DiagonalGaussian(
+            self.latent_sizes[0], self.hidden_units, activation, min_scale, name="p_z1"
+        )
+
+    def build(self, input_shape=None):
+        del input_shape  # no input: the conditional reads z2
+        _build_head(self.p_z1, self.latent_sizes[1])
+
+    def call(self, context: tf.Tensor | None = None) -> tfd.JointDistribution:
+        _refuse_context(self, context)
+        zeros = tf.zeros([self.latent_sizes[1]], self.compute_dtype)
+        p_z2 = tfd.Independent(tfd.Normal(zeros, tf.ones_like(zeros)), reinterpreted_batch_ndims=1)
+
+        def p_z1(z2):
+            return self.p_z1(z2)
+
+        return tfd.JointDistributionNamed({"z2": p_z2, "z1": p_z1})
+
+
+class SigmoidBeliefEncoder(keras.layers.Layer):
+    """q(z1|x) q(z2|z1) of a sigmoid belief net: independent Bernoullis in int32.
+
+    Returns `tfd.JointDistributionNamed({"z1": q(z1|x), "z2": lambda z1: q(z2|z1)})`
+    (only "z1" for one layer), batch shape [B]; each conditional is
+    prod_i Bernoulli(sigmoid(logit_i)) in TFP's default int32 dtype, with logits an
+    affine function of the layer below (`hidden_units=()`, the default) or an MLP of it.
+    The defaults mirror the generative model, as the inference networks of Mnih &
+    Gregor (2014), Bornschein & Bengio (2015) and Mnih & Rezende (2016) do:
+
+      q(z1|x)   x-200, linear-sigmoid
+      q(z2|z1)  200-200, linear-sigmoid
+
+    Linear-sigmoid conditionals are the sigmoid belief net of those papers (Neal 1992),
+    whose published results the score-function objectives are compared on; the binary
+    units are the nonlinearity, and one matmul per layer keeps a K = 64 step cheap.
+    Samples are discrete, so only score-function objectives (`RWS`, `VIMCO`) train it;
+    the others refuse it, naming the leaf.
+
+    Args:
+      latent_sizes: binary units per layer, z1 first: (200, 200), or (200,) for one.
+      hidden_units: hidden widths of every conditional's MLP; () for linear-sigmoid.
+      activation: the hidden units' activation, when there are hidden units.
+    """
+
+    def __init__(
+        self,
+        latent_sizes: Sequence[int] = (200, 200),
+        hidden_units: Sequence[int] = (),
+        activation: str = "tanh",
+        name: str = "encoder",
+    ):
+        super().__init__(name=name)
+        self.latent_sizes = _latent_sizes(latent_sizes, (1, 2))
+        self.hidden_units = _hidden_units(hidden_units)
+        self.q_z1 = _IndependentBernoulli(
+            self.latent_sizes[0], self.hidden_units, activation, name="q_z1"
+        )
+        self.q_z2 = None
+        if len(self.latent_sizes) == 2:
+            self.q_z2 = _IndependentBernoulli(
+                self.latent_sizes[1], self.hidden_units, activation, name="q_z2"
+            )
+
+    def build(self, x_shape, context_shape=None):
+        context_size = 0 if context_shape is None else context_shape[-1]
+        _build_head(self.q_z1, x_shape[-1] + context_size)
+        if self.q_z2 is not None:
+            _build_head(self.q_z2, self.latent_sizes[0] + context_size)
+
+    def call(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.JointDistribution:
+        model = {"z1": self.q_z1(_concat_context(tf.cast(x, self.compute_dtype), context))}
+        if self.q_z2 is not None:
+
+            def q_z2(z1):
+                return self.q_z2(_concat_context(tf.cast(z1, self.compute_dtype), context))
+
+            model["z2"] = q_z2
+        return tfd.JointDistributionNamed(model)
+
+
+class SigmoidBeliefPrior(keras.layers.Layer):
+    """p(z2) p(z1|z2) of a sigmoid belief net, with learnable top-layer logits.
+
+    Called with no arguments (`prior()`), it returns
+    `tfd.JointDistributionNamed({"z2": Bernoulli(sigmoid(b)), "z1": lambda z2:
+    Bernoulli(sigmoid(W z2 + c))})` (only "z1": Bernoulli(sigmoid(b)) for one layer),
+    independent int32 Bernoullis: b a learnable vector of logits (initialised at 0,
+    p = 1/2), p(z1|z2) linear-sigmoid (`hidden_units=()`, the 200-200 layer of Mnih &
+    Gregor 2014 and Mnih & Rezende 2016) or an MLP of z2. The prior is unconditional:
+    a context is refused.
+
+    Args:
+      latent_sizes: binary units per layer, z1 first: (200, 200), or (200,) for one.
+      hidden_units: hidden widths of p(z1|z2)'s MLP; () for linear-sigmoid.
+      activation: the hidden units' activation, when there are hidden units.
+    """
+
+    def __init__(
+        self,
+        latent_sizes: Sequence[int] = (200, 200),
+        hidden_units: Sequence[int] = (),
+        activation: str = "tanh",
+        name: str = "prior",
+    ):
+        super().__init__(name=name)
+        self.latent_sizes = _latent_sizes(latent_sizes, (1, 2))
+        self.hidden_units = _hidden_units(hidden_units)
+        self.p_z1 = None
+        if len(self.latent_sizes) == 2:
+            self.p_z1 = _IndependentBernoulli(
+                self.latent_sizes[0], self.hidden_units, activation, name="p_z1"
+            )
+
+    def build(self, input_shape=None):
+        del input_shape  # no input: the top layer has free logits
+        self.top_logits = self.add_weight(
+            shape=(self.latent_sizes[-1],), initializer="zeros", name="top_logits"
+        )
+        if self.p_z1 is not None:
+            _build_head(self.p_z1, self.latent_sizes[1])
+
+    def call(self, context: tf.Tensor | None = None) -> tfd.JointDistribution:
+        _refuse_context(self, context)
+        top = tfd.Independent(
+            tfd.Bernoulli(logits=tf.convert_to_tensor(self.top_logits)),
+            reinterpreted_batch_ndims=1,
+        )
+        if self.p_z1 is None:
+            return tfd.JointDistributionNamed({"z1": top})
+
+        def p_z1(z2):
+            return self.p_z1(z2)
+
+        return tfd.JointDistributionNamed({"z2": top, "z1": p_z1})
+
+
 class BernoulliDecoder(keras.layers.Layer):
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logit_i(z))) from an MLP; with a context, p(x|z, c).
 
+    For structured latents (z a dict or list, q a `JointDistribution`), `latent` names
+    the leaf the decoder reads: `latent="z1"` for the two-layer models, whose p(x|z1)
+    depends on the layer next to the data only. Discrete (integer) latents are cast to
+    the layer's float dtype.
+
     Args:
       event_size: the number of pixels (784 for MNIST).
-      hidden_units: widths of the hidden layers ((200, 200) in Burda et al.).
+      hidden_units: widths of the hidden layers ((200, 200) in Burda et al.; () for the
+        linear-sigmoid output layer of a sigmoid belief net).
       activation: the hidden units' activation.
       mean_pixel: optional [event_size] array of training-set mean intensities; the output
         bias starts at their logit (Tucker et al. 2019), so that the untrained decoder
         already predicts the average image.
+      latent: None if z is a single tensor; else the key (or index) of the leaf of z
+        to read.
     """
 
     def __init__(
@@ -151,10 +479,14 @@ class BernoulliDecoder(keras.layers.Layer):
         hidden_units: Sequence[int] = (200, 200),
         activation: str = "tanh",
         mean_pixel: np.ndarray | None = None,
+        latent: str | int | None = None,
         name: str = "decoder",
     ):
         super().__init__(name=name)
         self.event_size = _checks.check_count("event_size", event_size)
+        if latent is not None and (isinstance(latent, bool) or not isinstance(latent, (str, int))):
+            raise TypeError(f"`latent` must be None, a key or an index, got {latent!r}.")
+        self.latent = latent
         bias = "zeros"
         if mean_pixel is not None:
             mean_pixel = np.asarray(mean_pixel, np.float64)
@@ -166,7 +498,36 @@ class BernoulliDecoder(keras.layers.Layer):
             bias = keras.initializers.Constant(np.log(clipped) - np.log1p(-clipped))
         self.net = _MLP(hidden_units, self.event_size, activation, bias, name="mlp")
 
+    def _leaf(self, z):
+        if self.latent is None:
+            if tf.nest.is_nested(z):
+                raise ValueError(
+                    f"{type(self).__name__} received structured latents (a "
+                    f"{type(z).__name__} of {len(tf.nest.flatten(z))} leaves): pass "
+                    "`latent`, the key or index of the leaf p(x|z) reads, e.g. "
+                    "BernoulliDecoder(784, latent='z1')."
+                )
+            return z
+        if not tf.nest.is_nested(z):
+            raise ValueError(
+                f"{type(self).__name__}(latent={self.latent!r}) reads one leaf of structured "
+                "latents, but z is a single tensor: leave `latent` unset."
+            )
+        try:
+            return z[self.latent]
+        except (KeyError, IndexError, TypeError):
+            keys = list(z) if isinstance(z, dict) else list(range(len(z)))
+            raise ValueError(
+                f"{type(self).__name__}(latent={self.latent!r}): z has no such leaf; its "
+                f"leaves are {keys}."
+            ) from None
+
+    def __call__(self, z, *args, **kwargs):
+        # The leaf is picked before Keras sees the input, so Keras builds the layer for it.
+        return super().__call__(self._leaf(z), *args, **kwargs)
+
     def call(self, z: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
+        z = tf.cast(z, self.compute_dtype)  # the leaf `latent` names; binary latents too
         logits = self.net(_concat_context(z, context))
         return tfd.Independent(
             tfd.Bernoulli(logits=logits, dtype=logits.dtype), reinterpreted_batch_ndims=1

@@ -8,8 +8,7 @@ References:
 
 from __future__ import annotations
 
-from mcobjectives import _checks
-from mcobjectives.base import _SCORE, Coefficients, MCObjective
+from mcobjectives.base import Coefficients, GradientPath, MCObjective
 from mcobjectives.weights import log_mean_exp, normalized_weights
 
 __all__ = ["RWS"]
@@ -31,10 +30,10 @@ class RWS(MCObjective):
       num_samples: K >= 1.
     """
 
-    _gradient = _SCORE
+    gradient_path = GradientPath.SCORE
 
     def __init__(self, num_samples: int, name: str | None = None):
-        super().__init__(_checks.check_count("num_samples", num_samples), name=name)
+        super().__init__(num_samples, name=name)
 
     def _value(self, log_weights):
         return log_mean_exp(log_weights)

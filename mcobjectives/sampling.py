@@ -40,6 +40,8 @@ import tensorflow_probability as tfp
 from tensorflow_probability.python.distributions import independent, transformed_distribution
 from tensorflow_probability.python.distributions import sample as sample_lib
 
+from mcobjectives import _checks
+
 tfd = tfp.distributions
 
 __all__ = [
@@ -79,20 +81,6 @@ def is_per_example_seed(seed) -> bool:
     return tf.convert_to_tensor(seed).shape.rank == 2
 
 
-def _per_example_normal(shape, seeds, dtype, example_axis: int) -> tf.Tensor:
-    """Standard normal noise of `shape` whose slice i along `example_axis` uses `seeds[i]`."""
-    rest = tf.concat([shape[:example_axis], shape[example_axis + 1 :]], axis=0)
-    noise = tf.map_fn(
-        lambda seed: standard_normal(rest, seed, dtype),
-        seeds,
-        fn_output_signature=dtype,
-    )
-    # [B, *shape without the example axis] -> `shape`.
-    rank = noise.shape.rank
-    perm = [*range(1, example_axis + 1), 0, *range(example_axis + 1, rank)]
-    return tf.transpose(noise, perm)
-
-
 # SplitMix64 [1]: output i of the stream with key k is mix(k + (i + 1) * gamma), where
 # gamma is the odd constant 2^64 / golden ratio and mix is the finalizer below (the
 # published constants). The key is itself mix(seed), the seed's two 32-bit halves.
@@ -111,20 +99,54 @@ def _mix64(z: tf.Tensor) -> tf.Tensor:
     return tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, _uint64(31)))
 
 
-def _uint32_bits(shape, seed) -> tf.Tensor:
-    """Random uint32s of `shape`: the high halves of a SplitMix64 stream keyed by `seed`.
-
-    Only integer arithmetic, so TensorFlow's kernels and XLA give the same bits, and
-    `tf.vectorized_map` can vectorize it over a batch of seeds.
-    """
-    # A seed component is read as its 32 bits, whether the int32 is negative or not.
+def _keys(seed) -> tf.Tensor:
+    """SplitMix64 keys of seeds [..., 2]: each component read as its 32 bits."""
     halves = tf.cast(tf.math.floormod(tf.cast(tf.cast(seed, tf.int32), tf.int64), 2**32), tf.uint64)
-    key = _mix64(tf.bitwise.bitwise_or(tf.bitwise.left_shift(halves[0], _uint64(32)), halves[1]))
+    return _mix64(
+        tf.bitwise.bitwise_or(tf.bitwise.left_shift(halves[..., 0], _uint64(32)), halves[..., 1])
+    )
+
+
+def _uint32_bits(shape, seed) -> tf.Tensor:
+    """Random uint32s: the high halves of a SplitMix64 stream keyed by `seed`.
+
+    `seed` is one seed [2], giving bits of `shape`, or seeds [B, 2], giving [B, *shape]
+    whose slice b is exactly the bits of `shape` for seed b. Only integer arithmetic,
+    so TensorFlow's kernels and XLA give the same bits, and `tf.vectorized_map` can
+    vectorize it over a batch of seeds.
+    """
+    key = _keys(seed)
     shape = tf.convert_to_tensor(shape, tf.int32)
-    count = tf.cast(tf.reduce_prod(shape), tf.int64)
+    count = tf.reduce_prod(tf.cast(shape, tf.int64))
     counter = tf.cast(tf.reshape(tf.range(1, count + 1, dtype=tf.int64), shape), tf.uint64)
+    if key.shape.rank == 1:  # per-example keys [B] broadcast over each example's counters
+        key = tf.reshape(key, tf.concat([tf.shape(key), tf.ones_like(shape)], axis=0))
     bits = _mix64(key + counter * _uint64(_GOLDEN_GAMMA))
     return tf.cast(tf.bitwise.right_shift(bits, _uint64(32)), tf.uint32)
+
+
+def _uniform(shape, seed, dtype) -> tf.Tensor:
+    """float64 uniforms on (0, 1) with 24 (float32) or 52 (float64) random bits each.
+
+    Shape `shape` for one seed, [B, *shape] for per-example seeds [B, 2].
+    """
+    shape = tf.convert_to_tensor(shape, dtype=tf.int32)
+    if dtype == tf.float64:
+        bits = _uint32_bits(tf.concat([shape, [2]], axis=0), seed)
+        # 52 bits, so that the largest value plus one half stays exactly below 2^52.
+        high = tf.cast(tf.bitwise.right_shift(bits[..., 0], tf.constant(6, tf.uint32)), tf.float64)
+        low = tf.cast(tf.bitwise.right_shift(bits[..., 1], tf.constant(6, tf.uint32)), tf.float64)
+        return (high * 2.0**26 + low + 0.5) * 2.0**-52
+    bits = _uint32_bits(shape, seed)
+    mantissa = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float64)
+    return (mantissa + 0.5) * 2.0**-24
+
+
+def _check_float(dtype) -> tf.DType:
+    dtype = tf.as_dtype(dtype)
+    if dtype not in (tf.float32, tf.float64):
+        raise TypeError(f"`dtype` must be float32 or float64, got {dtype.name}.")
+    return dtype
 
 
 def standard_normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
@@ -139,24 +161,54 @@ def standard_normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
     Returns:
       A tensor of `shape` and `dtype`, `ndtri(u)` with `u` uniform on (0, 1).
     """
-    dtype = tf.as_dtype(dtype)
-    if dtype not in (tf.float32, tf.float64):
-        raise TypeError(f"`dtype` must be float32 or float64, got {dtype.name}.")
-    seed = stateless_seed(seed)
-    shape = tf.convert_to_tensor(shape, dtype=tf.int32)
-    if dtype == tf.float32:
-        bits = _uint32_bits(shape, seed)
-        mantissa = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float64)
-        uniform = (mantissa + 0.5) * 2.0**-24
-    else:
-        bits = _uint32_bits(tf.concat([shape, [2]], axis=0), seed)
-        # 52 bits, so that the largest value plus one half stays exactly below 2^52.
-        high = tf.cast(tf.bitwise.right_shift(bits[..., 0], tf.constant(6, tf.uint32)), tf.float64)
-        low = tf.cast(tf.bitwise.right_shift(bits[..., 1], tf.constant(6, tf.uint32)), tf.float64)
-        uniform = (high * 2.0**26 + low + 0.5) * 2.0**-52
+    dtype = _check_float(dtype)
+    return _normal_of(dtype)(_uniform(shape, stateless_seed(seed), dtype))
+
+
+def _noise(shape, seed, dtype, example_axis: int, transform) -> tf.Tensor:
+    """transform(uniforms) of `shape`; with seeds [B, 2], slice i along `example_axis`
+    comes from seed i alone (exactly the draws of that seed for the other axes)."""
+    if seed.shape.rank == 1:
+        return transform(_uniform(shape, seed, dtype))
+    rest = tf.concat([shape[:example_axis], shape[example_axis + 1 :]], axis=0)
+    noise = transform(_uniform(rest, seed, dtype))  # [B, *rest]
+    rank = noise.shape.rank
+    perm = [*range(1, example_axis + 1), 0, *range(example_axis + 1, rank)]
+    return tf.transpose(noise, perm)
+
+
+def _normal_of(dtype):
     # ndtri is evaluated in float64 even for float32 draws: XLA's float32 ndtri is less
     # accurate than TensorFlow's kernel, and the two would disagree in the tails.
-    return tf.cast(tf.math.ndtri(uniform), dtype)
+    return lambda uniform: tf.cast(tf.math.ndtri(uniform), dtype)
+
+
+def _logistic(uniform):
+    return tf.math.log(uniform) - tf.math.log1p(-uniform)
+
+
+def _gumbel(uniform):
+    return -tf.math.log(-tf.math.log(uniform))
+
+
+def _child_seeds(seed: tf.Tensor, index: int) -> tf.Tensor:
+    """The seed of part `index` of a joint draw, from one seed [2] or seeds [B, 2].
+
+    SplitMix64 of the parent key at a counter of its own, split into two int32s, so
+    every mode derives the same child seeds.
+    """
+    # A salt keeps child keys away from the parent's own noise stream.
+    key = tf.bitwise.bitwise_xor(_keys(seed), _uint64(0x6A09E667F3BCC909))
+    child = _mix64(key + _uint64((index + 1) * _GOLDEN_GAMMA % 2**64))
+    halves = [
+        tf.bitwise.right_shift(child, _uint64(32)),
+        tf.bitwise.bitwise_and(child, _uint64(0xFFFFFFFF)),
+    ]
+    as_int32 = [
+        tf.cast(tf.cast(h, tf.int64) - tf.cast(h >= 2**31, tf.int64) * 2**32, tf.int32)
+        for h in halves
+    ]
+    return tf.stack(as_int32, axis=-1)
 
 
 def _defines(cls: type, method: str, owner: type) -> bool:
@@ -182,13 +234,36 @@ def _sampler(d):
 
         def normal(sample_shape, seed, example_axis):
             shape = tf.concat([sample_shape, d.batch_shape_tensor()], axis=0)
-            if seed.shape.rank == 2:
-                eps = _per_example_normal(shape, seed, d.dtype, example_axis)
-            else:
-                eps = standard_normal(shape, seed, d.dtype)
+            eps = _noise(shape, seed, d.dtype, example_axis, _normal_of(d.dtype))
             return d.loc + d.scale * eps
 
         return normal
+
+    if type(d) is tfd.Bernoulli:
+
+        def bernoulli(sample_shape, seed, example_axis):
+            logits = d.logits_parameter()
+            shape = tf.concat([sample_shape, tf.shape(logits)], axis=0)
+            # A logistic variable u -> log u - log(1 - u) is below l with probability
+            # sigmoid(l); compared in float64 so that every mode draws the same bits.
+            logistic = _noise(shape, seed, logits.dtype, example_axis, _logistic)
+            return tf.cast(logistic < tf.cast(logits, tf.float64), d.dtype)
+
+        return bernoulli
+
+    if type(d) in (tfd.Categorical, tfd.OneHotCategorical):
+
+        def categorical(sample_shape, seed, example_axis):
+            logits = d.logits_parameter()
+            shape = tf.concat([sample_shape, tf.shape(logits)], axis=0)
+            # Gumbel-max: argmax(logits + Gumbel noise) is a draw of the categorical.
+            gumbel = _noise(shape, seed, logits.dtype, example_axis, _gumbel)
+            index = tf.argmax(tf.cast(logits, tf.float64) + gumbel, axis=-1, output_type=tf.int32)
+            if type(d) is tfd.OneHotCategorical:
+                return tf.one_hot(index, tf.shape(logits)[-1], dtype=d.dtype)
+            return tf.cast(index, d.dtype)
+
+        return categorical
 
     if isinstance(d, tfd.Independent) and _defines(type(d), "_sample_n", _INDEPENDENT):
         return _sampler(d.distribution)
@@ -236,11 +311,18 @@ def _sampler(d):
     return None
 
 
-def sample(q: tfd.Distribution, num_samples: int, seed) -> tf.Tensor:
+def sample(q: tfd.Distribution, num_samples: int, seed):
     """Draws `num_samples` reparameterized samples of `q`, shape [num_samples, *batch, *event].
 
     The objectives draw their samples with this function, so calling it with the same
     `q`, `num_samples` and `seed` replays exactly the z an objective used.
+
+    A `JointDistribution` q is sampled part by part in its model's order, each part
+    with a seed of its own derived from `seed`, and each conditional part from the
+    parts drawn before it: the result has q's structure (a list, a dict, ...), each
+    leaf [num_samples, B, *event_i]. The parts of a joint q must have batch shape [B]
+    and broadcast over a leading sample axis (a part built from upstream samples has
+    batch shape [num_samples, B]).
 
     Args:
       q: a distribution; see the module docstring for the families sampled stably.
@@ -248,6 +330,8 @@ def sample(q: tfd.Distribution, num_samples: int, seed) -> tf.Tensor:
       seed: a stateless seed (an int or a shape-[2] integer tensor), or a `[B, 2]`
         integer tensor of per-example seeds for a q of batch shape `[B]`.
     """
+    if isinstance(q, tfd.JointDistribution):
+        return _sample_joint(q, num_samples, _joint_seed(seed, q))
     sampler = _sampler(q)
     if is_per_example_seed(seed):
         seed = _per_example_seeds(seed, q, sampler)
@@ -258,6 +342,82 @@ def sample(q: tfd.Distribution, num_samples: int, seed) -> tf.Tensor:
     draws = sampler(tf.constant([num_samples], tf.int32), seed, 1)
     shape = tf.TensorShape([num_samples]).concatenate(q.batch_shape).concatenate(q.event_shape)
     return tf.ensure_shape(draws, shape)
+
+
+def _sample_joint(q, num_samples: int, seed: tf.Tensor):
+    """Runs q's model, drawing each part with `_sample_part`; returns q's structure."""
+    # Each leaf's event rank, in the model's order: an AutoBatched q reinterprets its
+    # parts' trailing batch dimensions as event dimensions, so a part's own batch rank
+    # does not tell whether it still needs a sample axis.
+    event_ranks = [shape.rank for shape in q._model_flatten(q.event_shape)]
+    model = q._model_coroutine()  # yields each part given the values sent back
+    values = []
+    try:
+        part = next(model)
+        while True:
+            if isinstance(part, tfd.JointDistributionCoroutine.Root):
+                part = part.distribution
+            index = len(values)
+            values.append(
+                _sample_part(part, num_samples, _child_seeds(seed, index), event_ranks[index])
+            )
+            part = model.send(values[-1])
+    except StopIteration:
+        pass
+    return q._model_unflatten(values)
+
+
+def _sample_part(part: tfd.Distribution, num_samples: int, seed: tf.Tensor, event_rank):
+    """Draws one part of a joint q: [S, B, *event] from a part of batch [B] or [S, B].
+
+    `event_rank` is the rank of the leaf's event in q (for an AutoBatched q, the part's
+    trailing batch dimensions count as event dimensions).
+    """
+    if event_rank is None:
+        event_rank = part.event_shape.rank
+    rank = part.batch_shape.rank
+    leading = None if rank is None else rank + part.event_shape.rank - event_rank
+    if leading == 1:  # a root part, [B, *event]: draw S samples
+        sample_shape = [num_samples]
+    elif leading == 2:  # built from upstream samples, [S, B, *event]: one draw each
+        sample_shape = []
+    else:
+        raise ValueError(
+            f"Part '{part.name}' of a joint q has batch shape {part.batch_shape} and event "
+            f"shape {part.event_shape} for a leaf of event rank {event_rank}; expected "
+            "batch shape [B] (or [S, B] when built from upstream samples [S, B, ...]): wrap "
+            "its latent dimensions in tfd.Independent."
+        )
+    if isinstance(part, tfd.JointDistribution):
+        raise ValueError(f"Part '{part.name}' of a joint q is itself a joint distribution.")
+    sampler = _sampler(part)
+    if sampler is not None:
+        return sampler(tf.constant(sample_shape, tf.int32), seed, 1)
+    if seed.shape.rank == 2:
+        raise ValueError(
+            f"Per-example seeds ([B, 2]) need every part of a joint q to be one that "
+            f"mcobjectives.sampling draws itself (Normal, Bernoulli, Categorical, "
+            f"OneHotCategorical, Independent, Sample, MultivariateNormal*, ...); part "
+            f"'{part.name}' is a {type(part).__name__}. Pass one shape-[2] seed instead."
+        )
+    return part.sample(sample_shape, seed=seed)
+
+
+def _joint_seed(seed, q) -> tf.Tensor:
+    if not is_per_example_seed(seed):
+        return stateless_seed(seed)
+    seed = tf.convert_to_tensor(seed)
+    if not seed.dtype.is_integer:
+        raise TypeError(f"Per-example `seed` must be an integer tensor, got {seed.dtype.name}.")
+    batch_sizes = {s[0] for s in _checks._flat_shapes(q.batch_shape) if s.rank == 1} - {None}
+    if not seed.shape[1:].is_compatible_with([2]) or (
+        seed.shape[0] is not None and batch_sizes and batch_sizes != {seed.shape[0]}
+    ):
+        raise ValueError(
+            f"Per-example seeds must have shape [B, 2] for a q of batch shape [B]; got seed "
+            f"shape {seed.shape} and q batch shape {q.batch_shape}."
+        )
+    return tf.cast(seed, tf.int32)
 
 
 def _per_example_seeds(seed, q: tfd.Distribution, sampler) -> tf.Tensor:

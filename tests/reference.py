@@ -53,6 +53,7 @@ class Point:
         self.score = eps / sigma
 
     def out(self, value, theta, phi_b):
+        """(value, d/dmu, d/dA, d/db): a b-direction v maps to A as the outer product v x^T."""
         return value, theta, np.outer(phi_b, self.x), phi_b
 
 
@@ -71,12 +72,16 @@ def iwae(p):
     return p.out(value, theta, total)
 
 
-def miwae(p, num_outer, num_inner):
+def _miwae_terms(p, num_outer, num_inner):
     value, theta, phi = 0.0, 0.0, 0.0
     for m in range(num_outer):
         v, t, f, _ = _iwae_terms(p, np.arange(m * num_inner, (m + 1) * num_inner))
         value, theta, phi = value + v / num_outer, theta + t / num_outer, phi + f / num_outer
-    return p.out(value, theta, phi)
+    return value, theta, phi
+
+
+def miwae(p, num_outer, num_inner):
+    return p.out(*_miwae_terms(p, num_outer, num_inner))
 
 
 def ciwae(p, beta):
@@ -90,8 +95,8 @@ def ciwae(p, beta):
 
 def piwae(p, num_outer, num_inner):
     value, theta, _, _ = _iwae_terms(p, np.arange(num_outer * num_inner))
-    _, _, phi_a, phi_b = miwae(p, num_outer, num_inner)
-    return value, theta, phi_a, phi_b
+    _, _, phi = _miwae_terms(p, num_outer, num_inner)
+    return p.out(value, theta, phi)
 
 
 def rws(p):
@@ -119,6 +124,37 @@ def jvi(p, use_dreg):
         value -= (k - 1) / k * v
         theta -= (k - 1) / k * t
         phi -= (k - 1) / k * (d if use_dreg else f)
+    return p.out(value, theta, phi)
+
+
+def vimco(p):
+    """IWAE's value and model gradient; the inference gradient is a score term only,
+    sum_k [(L_K - L_K^(-k)) - w~_k] score_k, with L_K^(-k) built by an explicit loop:
+    w_k is replaced by the geometric mean of the other weights."""
+    k = len(p.log_w)
+    value, theta, _, _ = _iwae_terms(p, np.arange(k))
+    w = _softmax(p.log_w)
+    phi = 0.0
+    for i in range(k):
+        others = np.array([p.log_w[j] for j in range(k) if j != i])
+        log_geometric_mean = others.sum() / (k - 1)
+        # log (1/K) (sum_{j != i} w_j + w^_{-i}): K terms again.
+        leave_one_out = _lme(np.append(others, log_geometric_mean))
+        phi = phi + ((value - leave_one_out) - w[i]) * p.score[i]
+    return p.out(value, theta, phi)
+
+
+def vriwae(p, alpha, use_dreg):
+    """L = log mean(w^(1 - alpha)) / (1 - alpha), v~ = softmax((1 - alpha) log w):
+    d L / d log w_k = v~_k. Inference gradient: the total derivative sum_k v~_k total_k,
+    or with DReG sum_k (alpha v~_k + (1 - alpha) v~_k^2) path_k."""
+    v = _softmax((1 - alpha) * p.log_w)
+    value = _lme((1 - alpha) * p.log_w) / (1 - alpha)
+    theta = v @ p.dmu
+    if use_dreg:
+        phi = (alpha * v + (1 - alpha) * v**2) @ p.path
+    else:
+        phi = v @ p.total
     return p.out(value, theta, phi)
 
 

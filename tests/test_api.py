@@ -15,24 +15,48 @@ from tests import toy
 B, D, K = 4, 3, 5
 SEED = 11
 
-OBJECTIVE_CLASSES = ["CIWAE", "DReG", "IWAE", "JVI", "MIWAE", "PIWAE", "RWS", "STL", "VAE"]
+# The class of every registered objective (`mco.registry.OBJECTIVES`), by name.
+OBJECTIVE_CLASSES = sorted({cls.__name__ for cls in mco.registry.OBJECTIVES.values()})
 
-# name -> (constructor, S the number of samples per data point)
-OBJECTIVES = {
-    "IWAE": (lambda: mco.IWAE(K), K),
-    "STL": (lambda: mco.STL(K), K),
-    "DReG": (lambda: mco.DReG(K), K),
-    "DReG(0.5)": (lambda: mco.DReG(K, alpha=0.5), K),
-    "RWS": (lambda: mco.RWS(K), K),
-    "CIWAE": (lambda: mco.CIWAE(K, beta=0.3), K),
-    "CIWAE(learnable)": (lambda: mco.CIWAE(K, beta=0.3, learnable_beta=True), K),
-    "VAE(5)": (lambda: mco.VAE(K), K),
-    "VAE()": (lambda: mco.VAE(), 1),
-    "MIWAE(2,3)": (lambda: mco.MIWAE(2, 3), 6),
-    "PIWAE(2,3)": (lambda: mco.PIWAE(2, 3), 6),
-    "JVI": (lambda: mco.JVI(K), K),
-    "JVI(dreg)": (lambda: mco.JVI(K, dreg=True), K),
-}
+
+def _parameters(name: str) -> dict:
+    return dict(inspect.signature(mco.registry.OBJECTIVES[name].__init__).parameters)
+
+
+def _registered_objectives() -> dict:
+    """id -> constructor: every registered objective (`mco.objective_names()`) built by
+    `mco.make_objective` with K samples (6 in 2 bounds for those taking `num_outer`), its
+    variant with each bool argument that defaults to False set to True (CIWAE's
+    learnable beta, JVI-DReG, ...), and explicit variants of the numeric arguments."""
+    objectives = {}
+    for name in mco.objective_names():
+        kwargs = {"num_outer": 2} if "num_outer" in _parameters(name) else {}
+        budget = 6 if kwargs else K
+        objectives[name] = lambda name=name, kwargs=kwargs, budget=budget: mco.make_objective(
+            name, budget, **kwargs
+        )
+        for arg, parameter in _parameters(name).items():
+            if parameter.default is False:
+                objectives[f"{name}({arg})"] = (
+                    lambda name=name, kwargs=kwargs, budget=budget, arg=arg: mco.make_objective(
+                        name, budget, **kwargs, **{arg: True}
+                    )
+                )
+    objectives.update(
+        {
+            "dreg(alpha=0.5)": lambda: mco.make_objective("dreg", K, alpha=0.5),
+            "dreg(alpha=1)": lambda: mco.make_objective("dreg", K, alpha=1.0),
+            "ciwae(beta=0.3)": lambda: mco.make_objective("ciwae", K, beta=0.3),
+            "ciwae(beta=0.3, learnable)": lambda: mco.make_objective(
+                "ciwae", K, beta=0.3, learnable_beta=True
+            ),
+            "VAE()": lambda: mco.VAE(),
+        }
+    )
+    return objectives
+
+
+OBJECTIVES = _registered_objectives()
 
 
 def _data():
@@ -127,8 +151,31 @@ def test_version():
 
 
 def test_objective_classes_all_exported():
-    """Every objective class of the package is listed in `__all__`."""
+    """Every registered objective class is listed in `__all__` and is the exported class."""
     assert set(OBJECTIVE_CLASSES) <= set(mco.__all__)
+    for cls in mco.registry.OBJECTIVES.values():
+        assert getattr(mco, cls.__name__) is cls
+
+
+def test_every_exported_objective_is_registered():
+    """Every concrete MCObjective subclass in `__all__` is registered (VAE: as "vae")."""
+    exported = {
+        name
+        for name in mco.__all__
+        if inspect.isclass(getattr(mco, name))
+        and issubclass(getattr(mco, name), mco.MCObjective)
+        and not inspect.isabstract(getattr(mco, name))
+    }
+    assert exported == set(OBJECTIVE_CLASSES)
+
+
+def test_registered_names_are_lower_case_class_names():
+    """`mco.objective_names()` spells each objective as its lower-case class name, once."""
+    names = mco.objective_names()
+    assert len(names) == len(set(names))
+    assert names == tuple(mco.registry.OBJECTIVES)
+    for name in names:
+        assert name == mco.registry.OBJECTIVES[name].__name__.lower()
 
 
 @pytest.mark.parametrize("name", OBJECTIVE_CLASSES)
@@ -223,9 +270,8 @@ def test_num_samples_read_only():
 @pytest.mark.parametrize("name", OBJECTIVES)
 def test_result_type_and_aliases(name):
     """Calling an objective returns an ObjectiveResult whose model/inference losses are loss."""
-    build, _ = OBJECTIVES[name]
     mu, A, b, x = _data()
-    result = build()(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=SEED)
+    result = OBJECTIVES[name]()(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=SEED)
     assert type(result) is mco.ObjectiveResult
     assert result._fields == ("loss", "bound", "log_weights", "ess")
     assert result.model_loss is result.loss
@@ -236,8 +282,8 @@ def test_result_type_and_aliases(name):
 @pytest.mark.parametrize("mode", ["eager", "function"])
 def test_result_shapes(name, mode):
     """loss is a scalar, bound [B], log_weights [S, B] and ess [B] with 1 <= ess <= S."""
-    build, num_samples = OBJECTIVES[name]
-    objective = build()
+    objective = OBJECTIVES[name]()
+    num_samples = objective.num_samples
     mu, A, b, x = _data()
 
     def call():
@@ -257,11 +303,10 @@ def test_result_shapes(name, mode):
 @pytest.mark.parametrize("name", OBJECTIVES)
 def test_result_gradients_aligned(name):
     """`result.gradients` returns Gradients(model, inference) aligned with the variable lists."""
-    build, _ = OBJECTIVES[name]
     mu0, A0, b0, x = _data()
     mu, A, b = tf.Variable(mu0), tf.Variable(A0), tf.Variable(b0)
     with tf.GradientTape() as tape:
-        result = build()(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=SEED)
+        result = OBJECTIVES[name]()(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=SEED)
     grads = result.gradients(tape, [mu], [A, b])
     assert isinstance(grads, mco.Gradients)
     assert len(grads.model) == 1 and len(grads.inference) == 2

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import mcobjectives as mco
 from mcobjectives import diagnostics
 from tests.benchmark_cli import background_run, load_script
 
@@ -91,6 +92,34 @@ def test_quick_sweep_slope_signs():
     assert statuses["IWAE phi (A, b) SNR in K"] == "below noise floor"
 
 
+def test_estimators_are_made_by_make_objective_and_cover_the_registry():
+    """The papers' estimators map to `mco.make_objective` calls; every other registered
+    objective is an estimator too (in K, or in M bounds for those taking `num_outer`)."""
+    gaussian_snr = load_script("gaussian_snr")
+    assert set(mco.objective_names()) <= set(gaussian_snr.ESTIMATORS)
+    assert gaussian_snr.Config().objectives == gaussian_snr.DEFAULT_OBJECTIVES
+    expected = {
+        ("iwae_dreg", 10): "DReG(num_samples=10, alpha=0.0)",
+        ("rws_dreg", 10): "DReG(num_samples=10, alpha=1.0)",
+        ("jvi_dreg", 10): "JVI(num_samples=10, dreg=True)",
+        ("vae", 10): "VAE(num_samples=10)",
+        ("miwae", 10): "MIWAE(num_outer=10, num_inner=3)",
+        ("piwae", 10): "PIWAE(num_outer=10, num_inner=3)",
+    }
+    for (name, n), want in expected.items():
+        assert repr(gaussian_snr.make_objective(name, n, miwae_inner=3)) == want
+    config = gaussian_snr.Config(objectives=tuple(gaussian_snr.ESTIMATORS), ks=(1, 2, 3))
+    config.check()
+    for name in gaussian_snr.ESTIMATORS:
+        for n in config.grid(name):
+            objective = gaussian_snr.make_objective(name, n, config.miwae_inner)
+            assert objective.num_samples >= n
+        assert gaussian_snr.estimator_color(name)
+    assert config.grid("jvi") == [2, 3]  # JVI's min_num_samples
+    with pytest.raises(ValueError, match="unknown objectives"):
+        gaussian_snr.Config(objectives=("dreg_iwae",)).check()
+
+
 def test_directional_snr_matches_the_library():
     """The script's DSNR of kept estimates is the library's, for the same direction."""
     gaussian_snr = load_script("gaussian_snr")
@@ -141,6 +170,9 @@ def test_command_line(cli_run):
     grids = {"stl": [1, 3], "iwae_dreg": [1, 3], "rws_dreg": [3], "jvi_dreg": [3]}
     assert results["grids"] == {**grids, "vae": [1, 3], "miwae": [1, 3]}
     assert results["figure4_direction"]["objective"] == "iwae_dreg"
+    assert results["runs"]["rws_dreg"]["3"]["objective"] == "DReG(num_samples=3, alpha=1.0)"
+    assert results["runs"]["rws_dreg"]["3"]["reference_objective"] == "RWS(num_samples=3)"
+    assert results["runs"]["miwae"]["3"]["objective"] == "MIWAE(num_outer=3, num_inner=2)"
     record = results["runs"]["stl"]["3"]
     assert len(record["snr"]["phi"]) == 20 * 20 + 20 and len(record["snr"]["theta"]) == 20
     for key in ("dsnr", "dsnr_k_max", "rmse_theta", "bias", "variance_mean", "snr_u"):

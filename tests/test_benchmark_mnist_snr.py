@@ -84,6 +84,10 @@ def test_runs_and_writes_json_and_figures(run):
             assert _positive(checkpoint["paired"]["variance_ratio"])
             assert _positive(checkpoint["paired"]["mean_t_squared"])
             assert math.isfinite(checkpoint["test_iwae64"]) and checkpoint["test_iwae64"] < 0
+    assert record["runs"]["iwae"]["objective"] == "IWAE(num_samples=64)"
+    assert record["runs"]["rws"]["objective"] == "RWS(num_samples=64)"
+    assert record["runs"]["iwae"]["counterpart_objective"] == "DReG(num_samples=64, alpha=0.0)"
+    assert record["runs"]["rws"]["counterpart_objective"] == "DReG(num_samples=64, alpha=1.0)"
     summary = record["summary"]
     assert summary["iwae"]["counterpart"] == "IWAE-DReG(K=64)"
     assert summary["rws"]["counterpart"] == "RWS-DReG(K=64)"

@@ -76,6 +76,30 @@ def test_handwritten_iwae_matches_library_on_the_same_noise():
     np.testing.assert_allclose(handwritten.numpy(), library.numpy(), rtol=1e-5)
 
 
+def test_every_registered_objective_is_timed_by_default():
+    """The benchmark's objectives are every name of `mco.objective_names()` and the variants,
+    each built by `mco.make_objective`, its gradient kind its declared gradient path."""
+    benchmark = load_script("throughput")
+    assert set(mco.objective_names()) <= set(benchmark.OBJECTIVES)
+    assert {"ciwae_learnable", "dreg_rws", "jvi_dreg"} <= set(benchmark.OBJECTIVES)
+    expected = {
+        "miwae": "MIWAE(num_outer=8, num_inner=8)",
+        "ciwae": "CIWAE(num_samples=64, beta=0.05, learnable_beta=False)",
+        "ciwae_learnable": "CIWAE(num_samples=64, beta=0.05, learnable_beta=True)",
+        "dreg": "DReG(num_samples=64, alpha=0.0)",
+        "dreg_rws": "DReG(num_samples=64, alpha=1.0)",
+        "jvi_dreg": "JVI(num_samples=64, dreg=True)",
+    }
+    for name in benchmark.OBJECTIVES:
+        objective = benchmark.make_library_objective(name, 64, 8)
+        assert objective.num_samples == 64
+        assert objective.gradient_path.value in ("total", "split", "score")
+        if name in expected:
+            assert repr(objective) == expected[name]
+        elif name in mco.objective_names():
+            assert type(objective) is mco.registry.OBJECTIVES[name]
+
+
 def test_step_gflop_counts_the_split_backward_pass():
     benchmark = load_script("throughput")
     total = benchmark.step_gflop("total", 100, 64)
@@ -115,6 +139,11 @@ def test_every_configuration_is_timed_with_ratios(results):
         assert _positive_finite(row["vs_handwritten"])
         assert _positive_finite(row["vs_iwae"])
     assert rows["handwritten/b4/tf"]["vs_handwritten"] == 1.0
+    assert rows["dreg/b4/tf"]["objective"] == "DReG(num_samples=8, alpha=0.0)"
+    assert rows["iwae/b4/tf"]["objective"] == "IWAE(num_samples=8)"
+    assert rows["handwritten/b4/tf"]["objective"] is None
+    assert rows["dreg/b4/tf"]["gradient_kind"] == "split"
+    assert rows["iwae/b4/tf"]["gradient_kind"] == "total"
     assert set(rows["dreg/b4/tf"]["targets_met"]) == {"vs_handwritten", "vs_iwae", "vs_tfp"}
     assert _positive_finite(rows["dreg/b4/tf"]["vs_tfp"])
     # DReG runs a second backward pass through the decoder: more FLOPs than IWAE.

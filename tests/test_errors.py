@@ -335,11 +335,17 @@ def test_q_scalar_batch_shape(name):
 
 
 @pytest.mark.parametrize("name", ALL_OBJECTIVES)
-def test_q_integer_dtype(name):
-    """A q with an integer event (e.g. a default Bernoulli) raises TypeError naming `q`."""
+def test_q_integer_dtype_is_refused_by_objectives_that_differentiate_through_z(name):
+    """A q with an integer event (a default Bernoulli) trains with RWS; the objectives
+    that differentiate through z raise a ValueError naming the discrete leaf."""
     q = tfd.Independent(tfd.Bernoulli(logits=tf.zeros([B, D])), reinterpreted_batch_ndims=1)
-    with pytest.raises(TypeError, match="`q`"):
-        ALL_OBJECTIVES[name]()(q, lambda z: tf.zeros(tf.shape(z)[:2]), seed=SEED)
+    objective = ALL_OBJECTIVES[name]()
+    log_joint = lambda z: tf.zeros(tf.shape(z)[:2])  # noqa: E731
+    if objective.gradient_path is mco.GradientPath.SCORE:
+        assert objective(q, log_joint, seed=SEED).loss.shape == []
+        return
+    with pytest.raises(ValueError, match=_all_of(type(objective).__name__, "discrete", "int32", "RWS")):
+        objective(q, log_joint, seed=SEED)
 
 
 # --------------------------------------------------------------------------------------

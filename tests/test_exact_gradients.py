@@ -43,6 +43,19 @@ CASES = [
     ("jvi-6", mco.JVI(6), reference.jvi, {"use_dreg": False}),
     ("jvi-dreg-2", mco.JVI(2, dreg=True), reference.jvi, {"use_dreg": True}),
     ("jvi-dreg-6", mco.JVI(6, dreg=True), reference.jvi, {"use_dreg": True}),
+    ("vimco-2", mco.VIMCO(2), reference.vimco, {}),
+    ("vimco-7", mco.VIMCO(7), reference.vimco, {}),
+    *[
+        (
+            f"vriwae{'-dreg' if dreg else ''}-{k}-{alpha}",
+            mco.VRIWAE(k, alpha=alpha, dreg=dreg),
+            reference.vriwae,
+            {"alpha": alpha, "use_dreg": dreg},
+        )
+        for alpha in (0.0, 0.3, 0.9)
+        for dreg in (False, True)
+        for k in (1, 7)
+    ],
 ]
 
 
