@@ -153,6 +153,10 @@ class _TotalCoefficients(Coefficients):
 
     __slots__ = ()
 
+    def _replace(self, **changes) -> Coefficients:
+        # An edited copy is no longer the total of one coefficient.
+        return Coefficients(*self)._replace(**changes)
+
 
 class Gradients(NamedTuple):
     """Gradients for the model (p) and inference (q) variables, in the order given."""

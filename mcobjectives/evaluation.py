@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -16,9 +18,11 @@ __all__ = ["active_units", "log_marginal_estimate"]
 
 
 def _chunk_log_sum_exp(q, log_joint, num_samples, seed):
+    """log sum_k w_k over one chunk of `num_samples` draws, [B]."""
     z = sampling.sample(q, num_samples, seed)
-    log_w = _checks.check_log_joint_output(log_joint(z), q, num_samples) - q.log_prob(z)
-    return tf.reduce_logsumexp(log_w, axis=0)
+    log_q = q.log_prob(z)
+    log_p = _checks.check_log_joint_output(log_joint(z), log_q, num_samples)
+    return tf.reduce_logsumexp(log_p - log_q, axis=0)
 
 
 def log_marginal_estimate(
@@ -36,8 +40,10 @@ def log_marginal_estimate(
     whatever K. No gradient flows through the result.
 
     Args:
-      q: q(z|x), batch shape [B].
-      log_joint: z [S, B, *event] -> log p(x, z) [S, B].
+      q: q(z|x), batch shape [B]: a single distribution or a `JointDistribution`
+        (structured latents; discrete leaves are allowed, q is only sampled and scored).
+      log_joint: z (q's structure, leaves [S, B, *event_i]) -> log p(x, z) [S, B], in
+        the dtype of log q.
       seed: a stateless seed; chunk i draws with the i-th seed of
         `tf.random.experimental.stateless_split(sampling.stateless_seed(seed), num_chunks)`.
       num_samples: K >= 1.
@@ -66,36 +72,75 @@ def log_marginal_estimate(
         chunk = tf.stop_gradient(_chunk_log_sum_exp(q, log_joint, chunk_size, seeds[i]))
         return i + 1, tf.math.reduce_logsumexp(tf.stack([total, chunk]), axis=0)
 
-    init = tf.fill(q.batch_shape_tensor(), tf.constant(-math.inf, q.dtype))
-    _, total = tf.while_loop(
-        lambda i, _: i < num_full, body, (tf.constant(0), init), maximum_iterations=num_full
-    )
+    # The first chunk starts the running total: its dtype and shape are those of log q,
+    # which for a structured or discrete q are not q.dtype and q.batch_shape.
+    total = tf.stop_gradient(_chunk_log_sum_exp(q, log_joint, chunk_size, seeds[0]))
+    if num_full > 1:
+        _, total = tf.while_loop(
+            lambda i, _: i < num_full,
+            body,
+            (tf.constant(1), total),
+            maximum_iterations=num_full - 1,
+        )
     if remainder:
         chunk = tf.stop_gradient(_chunk_log_sum_exp(q, log_joint, remainder, seeds[num_full]))
         total = tf.math.reduce_logsumexp(tf.stack([total, chunk]), axis=0)
-    return total - tf.constant(math.log(num_samples), q.dtype)
+    return total - tf.constant(math.log(num_samples), total.dtype)
 
 
-def active_units(posterior_means, threshold: float = 1e-2) -> tf.Tensor:
+def active_units(posterior_means, threshold: float = 1e-2):
     """The number of active latent units (Burda et al. 2016, section 5.2).
 
     Unit i is active if A_i = Cov_x(E_{q(z|x)}[z_i]) > `threshold` (1e-2 in the paper):
     its posterior mean varies across the data set.
 
     Args:
-      posterior_means: [N, D], E_q[z] for each of N data points (e.g. `q.mean()`).
+      posterior_means: [N, D], E_q[z] for each of N data points (e.g. `q.mean()`); or,
+        for structured latents, a structure (a list, a dict, ...) of [N, D_i] tensors,
+        one per latent leaf (e.g. each layer's posterior mean).
       threshold: the activity threshold, > 0.
 
     Returns:
-      An int32 scalar.
+      An int32 scalar; for a structure, the same structure of int32 scalars (the
+      active units of each leaf).
     """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold <= 0:
+        raise ValueError(f"`threshold` must be a positive float, got {threshold!r}.")
+    if not _is_structure(posterior_means):
+        return _active_units(posterior_means, threshold, "`posterior_means`")
+    paths = [path for path, _ in tf.nest.flatten_with_joined_string_paths(posterior_means)]
+    if not paths:
+        raise ValueError("`posterior_means` is an empty structure: give one [N, D] per leaf.")
+    counts = [
+        _active_units(leaf, threshold, f"Leaf '{path}' of `posterior_means`")
+        for path, leaf in zip(paths, tf.nest.flatten(posterior_means), strict=True)
+    ]
+    return tf.nest.pack_sequence_as(posterior_means, counts)
+
+
+def _is_structure(value) -> bool:
+    """Whether `value` is a structure of [N, D_i] arrays rather than one array-like.
+
+    A dict is a structure; a list or tuple is one when it holds tensors or arrays (a
+    nested list of Python numbers is a single [N, D] array).
+    """
+    if isinstance(value, Mapping):
+        return True
+    if not isinstance(value, (list, tuple)):
+        return False
+    return any(
+        isinstance(leaf, (tf.Tensor, tf.Variable, np.ndarray)) for leaf in tf.nest.flatten(value)
+    )
+
+
+def _active_units(posterior_means, threshold: float, what: str) -> tf.Tensor:
     posterior_means = tf.convert_to_tensor(posterior_means)
     if posterior_means.shape.rank != 2:
         raise ValueError(
-            f"`posterior_means` must have shape [N, D], got {posterior_means.shape}: stack "
+            f"{what} must have shape [N, D], got {posterior_means.shape}: stack "
             "E_q[z] of every data point along the first axis."
         )
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold <= 0:
-        raise ValueError(f"`threshold` must be a positive float, got {threshold!r}.")
+    if not posterior_means.dtype.is_floating:
+        posterior_means = tf.cast(posterior_means, tf.float64)
     activity = tf.math.reduce_variance(posterior_means, axis=0)
     return tf.reduce_sum(tf.cast(activity > threshold, tf.int32))

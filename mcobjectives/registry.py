@@ -43,13 +43,14 @@ def objective_names() -> tuple[str, ...]:
     return tuple(OBJECTIVES)
 
 
-def make_objective(name: str, num_samples: int, **kwargs: Any) -> MCObjective:
+def make_objective(name: str, /, num_samples: int, **kwargs: Any) -> MCObjective:
     """The objective registered as `name`, drawing `num_samples` samples per data point.
 
     `num_samples` is the sample budget S. For objectives that group samples as M
     bounds of L (MIWAE, PIWAE), give `num_outer` = M; then L = S / M, which must be
     an integer. Other keyword arguments go to the constructor (e.g. `beta`, `alpha`,
-    `dreg`, `learnable_beta`); an argument the objective does not take raises.
+    `dreg`, `learnable_beta`, and `name`, the module's name: the registry name comes
+    first and positionally); an argument the objective does not take raises.
 
     Examples:
       make_objective("iwae", 64)                      # IWAE(num_samples=64)

@@ -121,8 +121,15 @@ def test_a_gradient_path_that_is_not_a_gradient_path_member_raises_type_error():
         lambda w: mco.Coefficients(model=w, path=None, score=None),
         lambda w: mco.Coefficients(model=w, path=w, score=None),
         lambda w: mco.Coefficients.total(w)._replace(model=2 * w),
+        lambda w: mco.Coefficients.total(w)._replace(score=None),
     ],
-    ids=["spelled-out-total", "model-only", "model-and-path", "total-with-model-replaced"],
+    ids=[
+        "spelled-out-total",
+        "model-only",
+        "model-and-path",
+        "total-with-model-replaced",
+        "total-with-score-replaced",
+    ],
 )
 def test_a_total_objective_returning_coefficients_not_made_by_total_raises_value_error(
     coefficients,
@@ -615,11 +622,6 @@ def test_make_objective_names_a_misplaced_variant_argument():
         mco.make_objective("iwae", 4, alpha=1.0)
 
 
-@pytest.mark.xfail(
-    reason="make_objective(name, num_samples, **kwargs): its own `name` parameter takes the "
-    "objective's `name` argument (fix: make name and num_samples positional-only)",
-    raises=TypeError,
-)
 def test_make_objective_passes_the_objectives_name_argument_on():
     """`name` is a constructor argument of every objective, like any other keyword."""
     objective = mco.make_objective("iwae", 4, name="encoder_iwae")

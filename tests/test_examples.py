@@ -27,6 +27,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import mcobjectives as mco
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 TIMEOUT = 600  # seconds for one run, counted from its start
@@ -60,6 +62,23 @@ RESUME_FLAGS = (
     "--nodownload",
 )
 KILL_AFTER = 20  # the checkpoint after which the interrupted run is killed
+# The two-layer and sigmoid-belief-net runs: 3 steps, evaluated on 20 test images, on the
+# bundled subset (offline).
+ARCHITECTURE_STEPS = 3
+ARCHITECTURE_FLAGS = (
+    f"--max_steps={ARCHITECTURE_STEPS}",
+    "--eval_size=20",
+    "--eval_num_samples=50",
+    "--train_size=100",
+    "--log_every=1",
+    "--nodownload",
+)
+# Units per latent leaf of each architecture.
+LATENT_UNITS = {
+    "one_layer": {"z": 50},
+    "two_layer": {"z1": 100, "z2": 50},
+    "sbn": {"z1": 200, "z2": 200},
+}
 NOT_COMPARED = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter")
 
 
@@ -92,9 +111,20 @@ class Spec:
     def dataset(self) -> str:
         return self.tfds or "mnist-bundled-subset"
 
+    @property
+    def architecture(self) -> str:
+        given = [f.split("=", 1)[1] for f in self.flags if f.startswith("--architecture=")]
+        return given[-1] if given else "one_layer"
+
+    @property
+    def objective(self) -> str:
+        return [f.split("=", 1)[1] for f in self.flags if f.startswith("--objective=")][-1]
+
     def skip_reason(self) -> str | None:
         if not (EXAMPLES / self.script).exists():
             return f"examples/{self.script} does not exist yet"
+        if self.objective not in mco.objective_names():
+            return f"{self.objective} is not registered in mcobjectives.registry yet"
         return _tfds_missing(self.tfds) if self.tfds else None
 
 
@@ -126,6 +156,12 @@ RUNS = {
         "mnist.py",
         ("--objective=miwae", "--num_samples=10", "--num_outer=4", "--nodownload", *TINY),
     ),
+    "two_layer": Spec(
+        "mnist.py", ("--architecture=two_layer", "--objective=dreg", *ARCHITECTURE_FLAGS)
+    ),
+    "sbn_rws": Spec("mnist.py", ("--architecture=sbn", "--objective=rws", *ARCHITECTURE_FLAGS)),
+    "sbn_vimco": Spec("mnist.py", ("--architecture=sbn", "--objective=vimco", *ARCHITECTURE_FLAGS)),
+    "sbn_iwae": Spec("mnist.py", ("--architecture=sbn", "--objective=iwae", *ARCHITECTURE_FLAGS)),
 }
 
 
@@ -252,10 +288,16 @@ def bad_flags(runs) -> Run:
     return runs["bad_flags"]
 
 
+@pytest.fixture(scope="module")
+def sbn_iwae(runs) -> Run:
+    return runs["sbn_iwae"]
+
+
 def check_metrics(metrics: dict, spec: Spec, run: Run) -> None:
     """The sanity checks of a finished run's metrics.json and outputs."""
     context = json.dumps(metrics, indent=1)
     assert metrics["task"] == spec.task, context
+    assert metrics["architecture"] == "one_layer", context
     assert metrics["dataset"] == spec.dataset, context
     objective = next(f for f in spec.flags if f.startswith("--objective="))
     assert metrics["objective"] == objective.split("=")[1], context
@@ -276,6 +318,7 @@ def check_metrics(metrics: dict, spec: Spec, run: Run) -> None:
     assert last["neg_kl"] == pytest.approx(last["iwae64"] - last["log_px"], abs=1e-3)
     assert 0.0 < last["ess_fraction"] <= 1.0, context
     assert 0 <= last["active_units"] <= 50, context
+    assert last["active_units_per_latent"] == {"z": last["active_units"]}, context
     assert last["num_test_images"] == 100, context
     assert (run.out_dir / "checkpoints" / f"ckpt-{MAX_STEPS}.index").exists()
     assert list((run.out_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -390,3 +433,99 @@ def test_bad_flags(bad_flags):
     stderr = bad_flags.output("stderr")
     assert "--num_outer=4 must divide --num_samples=10" in stderr, bad_flags.tail()
     assert not (bad_flags.out_dir / "metrics.json").exists()
+
+
+def check_architecture_metrics(metrics: dict, spec: Spec, run: Run) -> None:
+    """The sanity checks of a two-layer or SBN run's metrics.json: the architecture is
+    recorded and every evaluation, with the active units of each latent leaf, is sane."""
+    context = json.dumps(metrics, indent=1)
+    assert metrics["architecture"] == spec.architecture, context
+    assert metrics["config"]["architecture"] == spec.architecture, context
+    assert metrics["objective"] == spec.objective, context
+    assert metrics["dataset"] == spec.dataset, context
+    assert metrics["train"]["steps"] == ARCHITECTURE_STEPS, context
+    assert math.isfinite(metrics["train"]["final_loss"]), context
+    [last] = metrics["evaluations"]
+    assert last["step"] == ARCHITECTURE_STEPS, context
+    for key in ("iwae64", "log_px", "neg_kl", "ess_fraction"):
+        assert math.isfinite(last[key]), (key, context)
+    assert -800.0 < last["iwae64"] < -50.0, context
+    assert -800.0 < last["log_px"] < -50.0, context
+    assert last["neg_kl"] == pytest.approx(last["iwae64"] - last["log_px"], abs=1e-3)
+    assert 0.0 < last["ess_fraction"] <= 1.0, context
+    per_latent, units = last["active_units_per_latent"], LATENT_UNITS[spec.architecture]
+    assert sorted(per_latent) == sorted(units), context
+    for leaf, count in per_latent.items():
+        assert 0 <= count <= units[leaf], (leaf, context)
+    assert last["active_units"] == sum(per_latent.values()), context
+    assert last["num_test_images"] == 20, context
+    assert (run.out_dir / "checkpoints" / f"ckpt-{ARCHITECTURE_STEPS}.index").exists()
+
+
+@pytest.mark.parametrize("name", [_param("two_layer"), _param("sbn_rws"), _param("sbn_vimco")])
+def test_architectures(name, runs):
+    """--architecture=two_layer (with DReG) and sbn (with RWS and VIMCO) train from the
+    command line, evaluate (IWAE-64, log p^, ESS, active units per latent leaf) and
+    record the architecture."""
+    run = runs[name]
+    metrics = run.check()
+    check_architecture_metrics(metrics, run.spec, run)
+    print(f"{name}: {json.dumps(metrics['evaluations'][-1])}")
+
+
+def test_sbn_with_a_reparameterized_objective_fails_at_startup(sbn_iwae):
+    """--architecture=sbn --objective=iwae stops before loading any data, with a message
+    naming both flags and the objectives that can train the SBN."""
+    returncode = sbn_iwae.wait()
+    assert returncode != 0, sbn_iwae.tail()
+    stderr = sbn_iwae.output("stderr")
+    message = stderr.strip().splitlines()[-1]
+    assert "--architecture=sbn" in message, sbn_iwae.tail()
+    assert "--objective=iwae cannot train" in message, sbn_iwae.tail()
+    assert "--objective=rws" in message and "--objective=vimco" in message, sbn_iwae.tail()
+    output = sbn_iwae.output("stdout") + stderr
+    assert "BUNDLED SUBSET" not in output, sbn_iwae.tail()  # no data were loaded
+    assert not sbn_iwae.out_dir.exists()
+
+
+FLAG_MAPPING_SCRIPT = """
+import sys
+sys.path.insert(0, "examples")
+from absl import flags
+import mcobjectives as mco
+import experiment
+assert experiment.OBJECTIVES == mco.objective_names(), experiment.OBJECTIVES
+for argv in sys.argv[1:]:
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["experiment", *argv.split()])
+    print(repr(experiment.make_objective()))
+"""
+
+
+def test_objective_flags_map_to_make_objective():
+    """The --objective choices are mco.objective_names(), and the objective flags become
+    the keyword arguments of mco.make_objective for the objectives that take them."""
+    cases = {
+        "--objective=iwae --alpha=0.5": "IWAE(num_samples=64)",
+        "--objective=dreg": "DReG(num_samples=64, alpha=0.0)",
+        "--objective=dreg --alpha=1": "DReG(num_samples=64, alpha=1.0)",
+        "--objective=piwae --num_samples=16 --num_outer=4": "PIWAE(num_outer=4, num_inner=4)",
+        "--objective=ciwae": "CIWAE(num_samples=64, beta=0.05, learnable_beta=False)",
+        "--objective=jvi --jvi_dreg --num_samples=8": "JVI(num_samples=8, dreg=True)",
+    }
+    if "vriwae" in mco.objective_names():
+        cases["--objective=vriwae --alpha=0.3 --jvi_dreg"] = (
+            "VRIWAE(num_samples=64, alpha=0.3, dreg=True)"
+        )
+    if "vimco" in mco.objective_names():
+        cases["--objective=vimco --num_samples=8"] = "VIMCO(num_samples=8)"
+    result = subprocess.run(
+        [sys.executable, "-c", FLAG_MAPPING_SCRIPT, *cases],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == list(cases.values()), result.stdout
+    assert "--objective=iwae ignores --alpha" in result.stderr, result.stderr[-3000:]

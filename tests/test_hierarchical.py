@@ -98,7 +98,16 @@ def _replayed_noise(objective, params, x, seed, structure: str):
     return eps1, eps2
 
 
-@pytest.mark.parametrize("structure", ["sequential", "named"])
+# JointDistributionNamed runs the same graph code as Sequential (only the container
+# differs), so its tf.function and XLA runs are left to the slow run.
+STRUCTURE_MODES = [
+    *(("sequential", mode) for mode in ("eager", "function", "xla")),
+    ("named", "eager"),
+    *(pytest.param("named", mode, marks=pytest.mark.slow) for mode in ("function", "xla")),
+]
+
+
+@pytest.mark.parametrize(("structure", "mode"), STRUCTURE_MODES)
 @pytest.mark.parametrize(
     ("objective", "estimator", "kwargs"),
     [case[1:] for case in CASES],
