@@ -151,7 +151,7 @@ class CIWAE(MCObjective):
                     "sigmoid(logit(beta)) rounds to an endpoint in float32."
                 )
             self.beta_logit = tf.Variable(logit, dtype=tf.float32, name="beta_logit")
-            self._initial_logit = float(self.beta_logit)
+            self._initial_logit = float(tf.convert_to_tensor(self.beta_logit))
         else:
             self._fixed_beta = beta
 
@@ -170,7 +170,10 @@ class CIWAE(MCObjective):
 
     def get_config(self):
         config = super().get_config()
-        if self.learnable_beta and float(self.beta_logit) != self._initial_logit:
+        if (
+            self.learnable_beta
+            and float(tf.convert_to_tensor(self.beta_logit)) != self._initial_logit
+        ):
             config["beta"] = float(self.beta)  # trained: the current value
         else:
             config["beta"] = self._initial_beta

@@ -23,9 +23,12 @@ def make_log_joint(
 
     Args:
       prior: p(z), a distribution over z's event; batch shape [] or [B] (a
-        conditional prior p(z | c) has batch shape [B]).
-      likelihood: z [S, B, *event] -> p(x | z), a distribution whose `log_prob(x)`
-        has shape [S, B] (e.g. the decoder's output wrapped in tfd.Independent).
+        conditional prior p(z | c) has batch shape [B]). For structured latents, a
+        `JointDistribution` whose samples have q's structure (e.g. a
+        JointDistributionNamed over {"z1", "z2"} for a q over the same names).
+      likelihood: z [S, B, *event] (or q's structure of such leaves) -> p(x | z), a
+        distribution whose `log_prob(x)` has shape [S, B] (e.g. the decoder's output
+        wrapped in tfd.Independent).
       observations: x, shape [B, *x_event].
 
     Example:
@@ -44,7 +47,7 @@ def make_log_joint(
             f"{type(likelihood).__name__}."
         )
 
-    def log_joint(z: tf.Tensor) -> tf.Tensor:
+    def log_joint(z) -> tf.Tensor:
         return prior.log_prob(z) + likelihood(z).log_prob(observations)
 
     return log_joint

@@ -17,7 +17,12 @@ float32 draws are rounded from float64).
 * `tfd.Independent` and `tfd.Sample` of a recognised family;
 * `tfd.TransformedDistribution` (including every `tfd.MultivariateNormal*` built on
   a linear operator, `tfd.LogNormal`, ...) of a recognised base whose batch shape
-  equals its own: `bijector.forward(base_sample)`.
+  equals its own: `bijector.forward(base_sample)`;
+* `tfd.Bernoulli` (logistic noise below the logits), `tfd.Categorical` and
+  `tfd.OneHotCategorical` (Gumbel-max), in the distribution's own dtype (int32 by
+  default): exact draws, not relaxations, so no gradient flows through them;
+* a `tfd.JointDistribution` (Sequential, Named, Coroutine, and the AutoBatched forms
+  with `batch_ndims=1`), part by part, each part as above.
 
 Any other distribution is sampled by its own `q.sample(n, seed=seed)`: still
 deterministic given the seed, but its XLA stream differs from its non-XLA stream.
@@ -426,8 +431,9 @@ def _per_example_seeds(seed, q: tfd.Distribution, sampler) -> tf.Tensor:
         raise TypeError(f"Per-example `seed` must be an integer tensor, got {seed.dtype.name}.")
     if sampler is None:
         raise ValueError(
-            f"Per-example seeds ([B, 2]) need a q that mcobjectives.sampling reparameterizes "
-            f"itself (Normal, Independent, Sample, MultivariateNormal*, ...); got "
+            f"Per-example seeds ([B, 2]) need a q that mcobjectives.sampling draws itself "
+            f"(Normal, Bernoulli, Categorical, OneHotCategorical, Independent, Sample, "
+            f"MultivariateNormal*, ...); got "
             f"{type(q).__name__}. Pass one shape-[2] seed instead."
         )
     if q.batch_shape.rank != 1 or not seed.shape[1:].is_compatible_with([2]):

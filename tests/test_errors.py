@@ -344,7 +344,9 @@ def test_q_integer_dtype_is_refused_by_objectives_that_differentiate_through_z(n
     if objective.gradient_path is mco.GradientPath.SCORE:
         assert objective(q, log_joint, seed=SEED).loss.shape == []
         return
-    with pytest.raises(ValueError, match=_all_of(type(objective).__name__, "discrete", "int32", "RWS")):
+    with pytest.raises(
+        ValueError, match=_all_of(type(objective).__name__, "discrete", "int32", "RWS")
+    ):
         objective(q, log_joint, seed=SEED)
 
 
@@ -667,3 +669,199 @@ def test_call_error_is_not_a_tf_runtime_error():
     with pytest.raises(ValueError, match="log_joint") as info:
         mco.IWAE(K)(q, _wrong_shapes()["[S]"], seed=SEED)
     assert not isinstance(info.value, tf.errors.OpError)
+
+
+# --------------------------------------------------------------------------------------
+# Structured q (a JointDistribution): each mistake names the leaf, before log_joint runs
+# --------------------------------------------------------------------------------------
+
+
+def _normal_leaf(shape, dtype=tf.float32, name=None):
+    """A diagonal Gaussian leaf of batch shape shape[:1] and event shape shape[1:]."""
+    return tfd.Independent(
+        tfd.Normal(tf.zeros(shape, dtype), tf.ones(shape, dtype)), len(shape) - 1, name=name
+    )
+
+
+def _bernoulli_leaf(dtype, name):
+    return tfd.Independent(tfd.Bernoulli(logits=tf.zeros([B, D]), dtype=dtype), 1, name=name)
+
+
+def _bernoulli_coroutine():
+    def model():
+        z = yield tfd.Normal(tf.zeros([B, D]), 1.0, name="z")
+        yield tfd.Bernoulli(logits=z, name="switch")
+
+    return tfd.JointDistributionCoroutineAutoBatched(model, batch_ndims=1)
+
+
+# name -> (q factory, leaf named in the message, what the message says of it)
+STRUCTURED_NOT_REPARAMETERIZED = {
+    "named-int-bernoulli": (
+        lambda: tfd.JointDistributionNamed(
+            {"z": _normal_leaf([B, D]), "switch": _bernoulli_leaf(tf.int32, "switch")}
+        ),
+        "switch",
+        "discrete (int32)",
+    ),
+    "sequential-float-bernoulli": (
+        lambda: tfd.JointDistributionSequential(
+            [_normal_leaf([B, D], name="z"), _bernoulli_leaf(tf.float32, "switch")]
+        ),
+        "switch",
+        "not fully reparameterized",
+    ),
+    "named-poisson": (
+        lambda: tfd.JointDistributionNamed(
+            {"z": _normal_leaf([B, D]), "count": tfd.Poisson(rate=tf.fill([B], 2.0))}
+        ),
+        "count",
+        "not fully reparameterized",
+    ),
+    "coroutine-autobatched-bernoulli": (_bernoulli_coroutine, "switch", "discrete (int32)"),
+}
+
+
+def _structured_log_joint(z):
+    """A valid log p(x, z) of any structured z: -1/2 sum of squares over every leaf."""
+    total = 0.0
+    for leaf in tf.nest.flatten(z):
+        leaf = tf.cast(leaf, tf.float32)
+        total += -0.5 * tf.reduce_sum(leaf**2, axis=list(range(2, leaf.shape.rank)))
+    return total
+
+
+@pytest.mark.parametrize("name", ["DReG", "IWAE", "STL", "JVI-DReG"])
+@pytest.mark.parametrize("case", STRUCTURED_NOT_REPARAMETERIZED)
+def test_structured_q_with_a_non_reparameterized_or_discrete_leaf_names_the_leaf(name, case):
+    """DReG, IWAE, ... refuse it with a ValueError naming the objective, the leaf, what is
+    wrong with it and RWS/VIMCO, before log_joint is called."""
+    make_q, leaf, kind = STRUCTURED_NOT_REPARAMETERIZED[case]
+    spy = _Spy(_structured_log_joint)
+    objective = ALL_OBJECTIVES[name]()
+    with pytest.raises(
+        ValueError, match=_all_of(type(objective).__name__, f"'{leaf}'", kind, "RWS", "VIMCO")
+    ):
+        objective(make_q(), spy, seed=SEED)
+    assert spy.calls == 0
+
+
+@pytest.mark.parametrize("objective", [mco.RWS(K), mco.VIMCO(K)], ids=["RWS", "VIMCO"])
+@pytest.mark.parametrize("case", STRUCTURED_NOT_REPARAMETERIZED)
+def test_structured_q_with_a_discrete_leaf_is_accepted_by_score_function_objectives(
+    objective, case
+):
+    """RWS and VIMCO need only log q: the same q's give a finite loss."""
+    make_q, _, _ = STRUCTURED_NOT_REPARAMETERIZED[case]
+    result = objective(make_q(), _structured_log_joint, seed=SEED)
+    assert np.isfinite(result.loss.numpy())
+
+
+def _structured_q():
+    return tfd.JointDistributionNamed(
+        {"z1": _normal_leaf([B, D], name="z1"), "z2": lambda z1: _normal_leaf_at(z1)}
+    )
+
+
+def _normal_leaf_at(loc):
+    return tfd.Independent(tfd.Normal(loc, 1.0), 1, name="z2")
+
+
+STRUCTURED_WRONG_SHAPES = {
+    "[S,B,D] (one leaf unsummed)": lambda z: tfd.Normal(0.0, 1.0).log_prob(z["z1"]),
+    "[S]": lambda z: tf.reduce_sum(_structured_log_joint(z), axis=1),
+    "[B]": lambda z: _structured_log_joint(z)[0],
+    "scalar": lambda z: tf.reduce_sum(_structured_log_joint(z)),
+}
+
+
+@pytest.mark.parametrize("name", ["IWAE", "DReG", "VIMCO", "JVI"])
+@pytest.mark.parametrize("shape", STRUCTURED_WRONG_SHAPES)
+def test_structured_q_log_joint_of_the_wrong_shape(name, shape):
+    """A log_joint of a structured z that is not [S, B] raises ValueError naming log_joint
+    and the expected shape."""
+    objective = mco.VIMCO(K) if name == "VIMCO" else ALL_OBJECTIVES[name]()
+    with pytest.raises(ValueError, match=_all_of("log_joint", "shape", f"({K}, {B})")):
+        objective(_structured_q(), STRUCTURED_WRONG_SHAPES[shape], seed=SEED)
+
+
+# name -> (q factory, error, words of the message)
+STRUCTURED_BAD_Q = {
+    "float32 + float64 leaves": (
+        lambda: tfd.JointDistributionNamed(
+            {"z1": _normal_leaf([B, D], tf.float32), "z2": _normal_leaf([B, D], tf.float64)}
+        ),
+        TypeError,
+        ("'z1': float32", "'z2': float64", "dtype"),
+    ),
+    "batch [3] vs [4]": (
+        lambda: tfd.JointDistributionNamed(
+            {"z1": _normal_leaf([3, D]), "z2": _normal_leaf([4, D])}
+        ),
+        ValueError,
+        ("'z1': (3,)", "'z2': (4,)", "batch"),
+    ),
+    "leaf of batch rank 2 (named)": (
+        lambda: tfd.JointDistributionNamed(
+            {"z1": _normal_leaf([B, D]), "z2": tfd.Normal(tf.zeros([B, D]), 1.0)}
+        ),
+        ValueError,
+        (f"'z2': ({B}, {D})", "batch shape [B]", "tfd.Independent"),
+    ),
+    "leaf of batch rank 2 (sequential)": (
+        lambda: tfd.JointDistributionSequential(
+            [_normal_leaf([B, D], name="z1"), tfd.Normal(tf.zeros([B, D]), 1.0, name="z2")]
+        ),
+        ValueError,
+        (f"'z2': ({B}, {D})", "batch shape [B]", "tfd.Independent"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", ["IWAE", "DReG", "RWS", "VIMCO"])
+@pytest.mark.parametrize("case", STRUCTURED_BAD_Q)
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_structured_q_bad_leaves_are_refused_before_log_joint_runs(name, case, mode):
+    """Mixed float dtypes, disagreeing batch sizes and a leaf of batch rank 2 raise a Python
+    error naming the leaves, eagerly and while tracing, before log_joint is called."""
+    make_q, error, words = STRUCTURED_BAD_Q[case]
+    objective = mco.VIMCO(K) if name == "VIMCO" else ALL_OBJECTIVES[name]()
+    spy = _Spy(_structured_log_joint)
+
+    def step():
+        return objective(make_q(), spy, seed=SEED).loss
+
+    with pytest.raises(error, match=_all_of(*words)) as info:
+        _traced(step, mode)()
+    print(info.value)
+    assert not isinstance(info.value, tf.errors.OpError)
+    assert spy.calls == 0
+
+
+def test_log_marginal_estimate_refuses_a_bad_structured_q():
+    """log_marginal_estimate runs the same checks on a structured q."""
+    make_q, error, words = STRUCTURED_BAD_Q["batch [3] vs [4]"]
+    spy = _Spy(_structured_log_joint)
+    with pytest.raises(error, match=_all_of(*words)):
+        mco.log_marginal_estimate(make_q(), spy, seed=SEED, num_samples=10)
+    assert spy.calls == 0
+
+
+def test_structured_q_per_example_seeds_of_the_wrong_batch_size():
+    """Per-example seeds [B + 1, 2] for a joint q of batch [B] raise ValueError naming both."""
+    seeds = tf.zeros([B + 1, 2], tf.int32)
+    with pytest.raises(ValueError, match=_all_of("Per-example seeds", "[B, 2]", f"{B + 1}")):
+        mco.IWAE(K)(_structured_q(), _structured_log_joint, seed=seeds)
+
+
+def test_structured_q_per_example_seeds_need_recognised_parts():
+    """Per-example seeds on a joint q with a part sampled by TFP (a Gamma) name that part."""
+    q = tfd.JointDistributionNamed(
+        {
+            "z1": _normal_leaf([B, D], name="z1"),
+            "rate": tfd.Independent(tfd.Gamma(tf.ones([B, D]), 1.0), 1, name="rate"),
+        }
+    )
+    seeds = tf.zeros([B, 2], tf.int32)
+    with pytest.raises(ValueError, match=_all_of("Per-example seeds", "'rate'", "Independent")):
+        mco.IWAE(K)(q, _structured_log_joint, seed=seeds)

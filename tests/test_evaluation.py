@@ -278,3 +278,119 @@ def test_int_seed_replays(mode):
     fn = in_mode(fn, mode)
     first, second = fn().numpy(), fn().numpy()
     np.testing.assert_array_equal(first, second)
+
+
+# Structured and discrete q ----------------------------------------------------------------
+# A mixture: c ~ Categorical(PI), n | c ~ N(MU_c, 1), x | n ~ N(n, 1). Then
+# p(x) = sum_c PI_c N(x; MU_c, 2), p(c | x) ∝ PI_c N(x; MU_c, 2) and
+# p(n | c, x) = N((MU_c + x) / 2, 1/2): with q that exact posterior (an int32 leaf c and a
+# float64 leaf n), every weight is p(x).
+
+PI = np.array([0.2, 0.5, 0.3])
+MU = np.array([-2.0, 0.0, 1.5])
+XS = np.array([-1.0, 0.3, 2.2, 4.0])
+
+
+def _mixture_log_px():
+    log_terms = np.log(PI) - 0.5 * np.log(2 * np.pi * 2.0) - (XS[:, None] - MU) ** 2 / 4.0
+    return np.log(np.sum(np.exp(log_terms), axis=1))
+
+
+def _mixture_problem(dtype):
+    x = tf.constant(XS)
+    mu, log_pi = tf.constant(MU), tf.constant(np.log(PI))
+    std = tfp.distributions.Normal(tf.constant(0.0, tf.float64), 1.0)
+    posterior_logits = log_pi + tfp.distributions.Normal(mu, math.sqrt(2.0)).log_prob(x[:, None])
+    q = tfp.distributions.JointDistributionNamed(
+        {
+            "c": tfp.distributions.Categorical(logits=posterior_logits, dtype=dtype),
+            "n": lambda c: tfp.distributions.Normal(
+                (tf.gather(mu, c) + x) / 2.0, tf.constant(math.sqrt(0.5), tf.float64)
+            ),
+        }
+    )
+
+    def log_joint(z):
+        c, n = z["c"], z["n"]
+        return tf.gather(log_pi, c) + std.log_prob(n - tf.gather(mu, c)) + std.log_prob(x - n)
+
+    return q, log_joint
+
+
+@pytest.mark.parametrize(
+    ("dtype", "mode"),
+    [*((tf.int32, mode) for mode in MODES), (tf.int64, "eager")],
+    ids=lambda v: getattr(v, "name", v),
+)
+def test_structured_q_with_a_discrete_leaf_gives_exact_log_marginal(dtype, mode):
+    """q = p(c | x) p(n | c, x) (int c, float64 n): log p^(x) = log p(x) to 1e-10, with a
+    while loop over chunks and a remainder (K = 25 in chunks of 10)."""
+
+    def fn():
+        q, log_joint = _mixture_problem(dtype)
+        return mco.log_marginal_estimate(q, log_joint, SEED, 25, 10)
+
+    out = in_mode(fn, mode)().numpy()
+    print(f"estimate - log p(x) = {out - _mixture_log_px()}")
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, _mixture_log_px(), rtol=0.0, atol=1e-10)
+
+
+def test_discrete_q_log_marginal_estimate_has_the_dtype_of_log_q():
+    """An int32 Bernoulli q with float64 logits gives a float64 estimate (not q.dtype)."""
+    logits = tf.constant(np.zeros([2, 3]))
+    q = tfp.distributions.Independent(tfp.distributions.Bernoulli(logits=logits), 1)
+    out = mco.log_marginal_estimate(q, q.log_prob, SEED, 30, 7)
+    assert q.dtype == tf.int32
+    assert out.dtype == tf.float64
+    # log_joint = log q: every weight is 1.
+    np.testing.assert_allclose(out.numpy(), 0.0, atol=1e-12)
+
+
+# active_units of structured latents ----------------------------------------------------------
+
+
+def _means_with_variances(variances, n=400, seed=0):
+    """[n, len(variances)] columns of exactly the given (population) variances."""
+    z = np.random.default_rng(seed).normal(size=(n, len(variances)))
+    z = (z - z.mean(axis=0)) / z.std(axis=0)
+    return z * np.sqrt(variances) + 1.0
+
+
+def test_active_units_of_a_structure_counts_each_leaf(mode):
+    """A dict and a list of [N, D_i] means give the same structure of int32 counts."""
+    z1 = tf.constant(_means_with_variances([1e-4, 0.5, 2.0]))
+    z2 = tf.constant(_means_with_variances([0.02, 5e-3], seed=1), tf.float32)
+
+    def fn(z1, z2):
+        return (
+            mco.active_units({"z1": z1, "z2": z2}),
+            mco.active_units([z1, z2], threshold=1e-3),
+            mco.active_units(z1),
+        )
+
+    as_dict, as_list, single = in_mode(fn, mode)(z1, z2)
+    assert set(as_dict) == {"z1", "z2"}
+    assert {k: int(v) for k, v in as_dict.items()} == {"z1": 2, "z2": 1}
+    assert isinstance(as_list, list)
+    assert [int(v) for v in as_list] == [2, 2]
+    assert single.shape == [] and int(single) == 2
+    assert all(v.dtype == tf.int32 for v in [*as_dict.values(), *as_list, single])
+
+
+def test_active_units_of_numpy_leaves_and_of_a_nested_list():
+    """NumPy leaves are a structure; a nested list of numbers is one [N, D] array."""
+    means = _means_with_variances([1e-4, 0.5])
+    assert [int(c) for c in mco.active_units((means, means[:, :1]))] == [1, 0]
+    assert int(mco.active_units(means.tolist())) == 1
+
+
+def test_active_units_names_the_leaf_of_the_wrong_rank():
+    """A leaf that is not [N, D] raises ValueError naming the leaf."""
+    means = np.zeros([5, 2])
+    with pytest.raises(ValueError, match=r"(?s)(?=.*'z2')(?=.*\[N, D\])"):
+        mco.active_units({"z1": means, "z2": np.zeros([5])})
+    with pytest.raises(ValueError, match=r"(?s)(?=.*'1')(?=.*\[N, D\])"):
+        mco.active_units([means, np.zeros([5, 2, 1])])
+    with pytest.raises(ValueError, match="threshold"):
+        mco.active_units({"z1": means}, threshold=0.0)

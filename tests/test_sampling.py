@@ -403,11 +403,41 @@ def test_sample_layout_matches_tfd_sample():
     np.testing.assert_allclose(z, np.broadcast_to(LOC_B[:, None], (5, B, D)), atol=0.01)
 
 
+# --- sample(q, n, seed): discrete families ------------------------------------------------
+# Bernoulli, Categorical and OneHotCategorical are drawn by the library's own samplers
+# (logistic and Gumbel noise from its uniforms), not by q.sample: their frequencies,
+# modes and per-example seeds are tested in tests/test_structured.py.
+
+DISCRETE = {
+    "bernoulli": lambda: tfd.Bernoulli(logits=tf.constant(LOC_B)),
+    "independent_bernoulli": lambda: tfd.Independent(
+        tfd.Bernoulli(probs=tf.constant(np.full([B, D], 0.4))), reinterpreted_batch_ndims=1
+    ),
+    "categorical": lambda: tfd.Categorical(logits=tf.constant(LOC_BD)),
+    "one_hot_categorical": lambda: tfd.OneHotCategorical(probs=tf.constant([[0.3, 0.7]] * B)),
+}
+
+
+@pytest.mark.parametrize("family", DISCRETE)
+def test_discrete_family_is_drawn_by_the_library_not_by_q_sample(family):
+    """Discrete families are recognised, and their draws are not those of q.sample."""
+    q = DISCRETE[family]()
+    assert sampling.supports_stable_sampling(q)
+    ours = sampling.sample(q, 200, SEED).numpy()
+    theirs = q.sample(200, seed=tfp.random.sanitize_seed(SEED)).numpy()
+    assert ours.shape == theirs.shape
+    assert ours.dtype == theirs.dtype == np.int32
+    assert not np.array_equal(ours, theirs)
+
+
 # --- sample(q, n, seed): fallback ---------------------------------------------------------
 
 FALLBACKS = {
     "gamma": lambda: tfd.Independent(
         tfd.Gamma(tf.constant(np.full([B, D], 2.0)), 1.5), reinterpreted_batch_ndims=1
+    ),
+    "beta": lambda: tfd.Independent(
+        tfd.Beta(tf.constant(np.full([B, D], 2.0)), 3.0), reinterpreted_batch_ndims=1
     ),
     "student_t": lambda: tfd.Independent(
         tfd.StudentT(3.0, tf.constant(LOC_BD), 1.0), reinterpreted_batch_ndims=1
@@ -425,8 +455,8 @@ def test_unrecognised_family_is_not_stable(family):
     assert not sampling.supports_stable_sampling(FALLBACKS[family]())
 
 
-# Gamma and Student-t samplers take seconds to compile under XLA; the XLA path of the
-# fallback is exercised by the transformed distribution.
+# Gamma, Beta and Student-t samplers take seconds to compile under XLA; the XLA path of
+# the fallback is exercised by the transformed distribution.
 FALLBACK_MODES = [
     (family, mode)
     for family in FALLBACKS
