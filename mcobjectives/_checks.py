@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -19,6 +20,7 @@ __all__ = [
     "check_unit_interval",
     "is_joint",
     "leaf_names",
+    "log_prob",
 ]
 
 
@@ -152,6 +154,24 @@ def check_distribution(q, *, objective: str, needs_reparameterization: bool) -> 
                     "MultivariateNormalTriL or a TransformedDistribution of one, or an "
                     "objective whose inference update needs only log q (RWS, VIMCO)."
                 )
+
+
+def log_prob(q, z) -> tf.Tensor:
+    """log q(z), [S, B]. For a joint q, the sum of its parts' log densities, which must
+    share one dtype (a Bernoulli leaf with float32 logits beside a float64 Normal leaf
+    would otherwise fail deep inside TFP)."""
+    if not is_joint(q):
+        return q.log_prob(z)
+    parts = tf.nest.flatten(q.log_prob_parts(z))
+    if len({part.dtype for part in parts}) > 1:
+        listing = ", ".join(
+            f"'{n}': {part.dtype.name}" for n, part in zip(leaf_names(q), parts, strict=True)
+        )
+        raise TypeError(
+            f"The parts of `q` give log densities in different dtypes ({listing}): build "
+            "every part of q (including a discrete part's logits) in one float dtype."
+        )
+    return functools.reduce(tf.add, parts)
 
 
 def check_log_joint(log_joint) -> None:

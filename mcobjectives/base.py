@@ -349,7 +349,7 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
 
         z = sampling.sample(q, self.num_samples, seed)
         if path is GradientPath.TOTAL:
-            log_q = q.log_prob(z)
+            log_q = _checks.log_prob(q, z)
             log_p = self._log_joint(log_joint, z, log_q)
             log_w = log_p - log_q
         else:
@@ -357,7 +357,7 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
             continuous = [leaf for leaf in tf.nest.flatten(fixed_z) if leaf.dtype.is_floating]
             with tf.GradientTape(watch_accessed_variables=False) as inner:
                 inner.watch(continuous)
-                log_q = q.log_prob(fixed_z)
+                log_q = _checks.log_prob(q, fixed_z)
                 log_p = self._log_joint(log_joint, fixed_z, log_q)
                 log_w = log_p - log_q
 

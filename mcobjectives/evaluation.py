@@ -20,7 +20,7 @@ __all__ = ["active_units", "log_marginal_estimate"]
 def _chunk_log_sum_exp(q, log_joint, num_samples, seed):
     """log sum_k w_k over one chunk of `num_samples` draws, [B]."""
     z = sampling.sample(q, num_samples, seed)
-    log_q = q.log_prob(z)
+    log_q = _checks.log_prob(q, z)
     log_p = _checks.check_log_joint_output(log_joint(z), log_q, num_samples)
     return tf.reduce_logsumexp(log_p - log_q, axis=0)
 

@@ -865,3 +865,21 @@ def test_structured_q_per_example_seeds_need_recognised_parts():
     seeds = tf.zeros([B, 2], tf.int32)
     with pytest.raises(ValueError, match=_all_of("Per-example seeds", "'rate'", "Independent")):
         mco.IWAE(K)(q, _structured_log_joint, seed=seeds)
+
+
+@pytest.mark.parametrize("name", ["RWS", "vimco"])
+def test_joint_q_whose_parts_score_in_different_dtypes_raises_naming_each_leaf(name):
+    """A float32-logit Bernoulli leaf beside a float64 Normal leaf: a TypeError listing both."""
+    q = tfd.JointDistributionNamed(
+        {
+            "b": tfd.Independent(tfd.Bernoulli(logits=tf.zeros([B, 4])), 1),
+            "n": tfd.Independent(
+                tfd.Normal(tf.zeros([B, 2], tf.float64), tf.constant(1.0, tf.float64)), 1
+            ),
+        }
+    )
+    objective = mco.make_objective(name.lower(), K)
+    with pytest.raises(TypeError, match=_all_of("'b': float32", "'n': float64", "one float")):
+        objective(q, lambda z: tf.zeros([K, B], tf.float64), seed=SEED)
+    with pytest.raises(TypeError, match="'b': float32"):
+        mco.log_marginal_estimate(q, lambda z: tf.zeros([K, B], tf.float64), SEED, K, K)
