@@ -94,6 +94,13 @@ def check_distribution(q, *, objective: str, needs_reparameterization: bool) -> 
             "tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1), or a "
             "tfd.JointDistribution* for structured latents."
         )
+    if isinstance(q, tfd.TransformedDistribution) and tf.nest.is_nested(q.dtype):
+        raise ValueError(
+            f"`q` ({q.name}) is a TransformedDistribution of a joint distribution, which "
+            "mcobjectives does not sample part by part: put each bijector inside its part "
+            "of the JointDistribution instead (e.g. tfd.TransformedDistribution(part, "
+            "tfb.Softplus()) as that part)."
+        )
     names = leaf_names(q)
     dtypes = tf.nest.flatten(q.dtype)
     what = f"`q` ({q.name})" if not is_joint(q) else "`q`"

@@ -72,14 +72,27 @@ inference gradient is a score-function estimator with a leave-one-out baseline:
    inference gradient sum_k [(L_K - L_K^(-k)) - w~_k] d log q(z_k|x) is a score term
    only, so score_k = (L_K - L_K^(-k)) - w~_k and path = None:
 
+       from mcobjectives.weights import (
+           leave_one_out_logsumexp, log_mean_exp, normalized_weights)
+
        def _value(self, log_weights):
            return log_mean_exp(log_weights)
 
        def _coefficients(self, log_weights):
+           k = self.num_samples
            normalized = normalized_weights(log_weights)
-           learning_signal = log_mean_exp(log_weights) - leave_one_out_bound(...)
+           # log of the geometric mean of the other weights, [K, B]
+           others = tf.reduce_sum(log_weights, axis=0) - log_weights
+           replaced = tf.reduce_logsumexp(
+               tf.stack([leave_one_out_logsumexp(log_weights), others / (k - 1)]),
+               axis=0)                                  # log(sum_{j!=k} w_j + w^_-k)
+           learning_signal = (tf.reduce_logsumexp(log_weights, axis=0) - replaced)
            return Coefficients(model=normalized, path=None,
                                score=learning_signal - normalized)
+
+   (`mcobjectives/vimco.py` computes the same with float32-safe shifts.) Every
+   coefficient must have the log weights' shape [S, B] and dtype; `_value` returns
+   [B]. Both are checked at the first call.
 
 Test it as `tests/test_exact_gradients.py` does: replay the noise with
 `mcobjectives.sampling.sample(q, S, seed)` and compare loss and gradients with a
@@ -297,7 +310,11 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         return cls(**config)
 
     def __repr__(self) -> str:
-        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        try:
+            config = self.get_config()
+        except NotImplementedError:  # an argument kept under another name: say what is known
+            config = {"num_samples": self.num_samples}
+        arguments = ", ".join(f"{k}={v!r}" for k, v in config.items())
         return f"{type(self).__name__}({arguments})"
 
     # -------------------------------------------------------------- subclasses
@@ -362,7 +379,7 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
                 log_w = log_p - log_q
 
         stopped = tf.stop_gradient(log_w)
-        value = self._value(stopped)
+        value = self._checked_value(self._value(stopped), stopped)
         coefficients = self._checked_coefficients(self._coefficients(stopped), path, stopped)
 
         if path is GradientPath.TOTAL:
@@ -395,6 +412,19 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
 
     def _log_joint(self, log_joint: LogJoint, z, log_q: tf.Tensor) -> tf.Tensor:
         return _checks.check_log_joint_output(log_joint(z), log_q, self.num_samples)
+
+    def _checked_value(self, value, log_weights: tf.Tensor) -> tf.Tensor:
+        """Checks what `_value` returned: one value per data point, [B], in log w's dtype."""
+        name = type(self).__name__
+        value = tf.convert_to_tensor(value, dtype_hint=log_weights.dtype)
+        expected = log_weights.shape[1:]
+        if value.dtype != log_weights.dtype or not _same_known_dims(value.shape, expected):
+            raise ValueError(
+                f"{name}._value returned {value.dtype.name} {value.shape}; expected "
+                f"{log_weights.dtype.name} {expected}, one value per data point (reduce over "
+                "the sample axis 0 only)."
+            )
+        return _ensure_same_shape(value, log_weights[0], f"{name}._value's result")
 
     def _checked_coefficients(
         self, coefficients, path: GradientPath, log_weights: tf.Tensor
@@ -429,12 +459,48 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         for field, c in zip(Coefficients._fields, coefficients, strict=True):
             if c is not None:
                 c = tf.convert_to_tensor(c, dtype_hint=log_weights.dtype)
-                if c.dtype != log_weights.dtype or not c.shape.is_compatible_with(expected):
+                if c.dtype != log_weights.dtype or not _same_known_dims(c.shape, expected):
                     raise ValueError(
                         f"{name}._coefficients returned a `{field}` coefficient of "
                         f"{c.dtype.name} {c.shape}; expected {log_weights.dtype.name} "
-                        f"{expected}, one per sample and data point."
+                        f"{expected}, one per sample and data point (broadcast a shared "
+                        "coefficient to the log weights' shape yourself)."
                     )
-                c = tf.stop_gradient(c)
+                c = tf.stop_gradient(
+                    _ensure_same_shape(c, log_weights, f"{name}._coefficients' `{field}`")
+                )
             checked.append(c)
         return Coefficients(*checked)
+
+
+def _same_known_dims(shape: tf.TensorShape, expected: tf.TensorShape) -> bool:
+    """Whether `shape` has `expected`'s rank and sizes, where `expected` knows them.
+
+    A dimension `expected` does not know (a batch of dynamic size) must be unknown in
+    `shape` too: a coefficient of static size 1 there would broadcast silently.
+    """
+    if shape.rank != expected.rank:
+        return False
+    return all(
+        (e is None and d is None) or (e is not None and d in (None, e))
+        for d, e in zip(shape.as_list(), expected.as_list(), strict=True)
+    )
+
+
+def _ensure_same_shape(tensor: tf.Tensor, like: tf.Tensor, what: str) -> tf.Tensor:
+    """`tensor`, checked to have `like`'s shape also where that is known only at run time.
+
+    A slice such as `c[:, :1]` of a dynamic batch has an unknown static size, so it
+    passes the static check and would broadcast silently; the run-time check stops it.
+    """
+    tensor = tf.ensure_shape(tensor, like.shape)
+    if like.shape.is_fully_defined():
+        return tensor
+    check = tf.debugging.assert_equal(
+        tf.shape(tensor),
+        tf.shape(like),
+        message=f"{what} does not have the shape of the log weights ([S, B], or [B] per "
+        "data point)",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(tensor)

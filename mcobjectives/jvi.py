@@ -33,6 +33,10 @@ class JVI(MCObjective):
                       * path derivative of log w_k,
     and the model gradient stays the total derivative of J_K.
 
+    J_K is not a bound. As a training objective it can grow without limit: its
+    jackknife correction grows with the spread of the largest log weights, so watch
+    the ESS and a held-out log p^(x) when training with it.
+
     Leave-one-out sums are computed stably in O(K) memory.
 
     Args:

@@ -22,9 +22,10 @@ class RWS(MCObjective):
     inference grad.:  sum_k w~_k d log q(z_k|x) with z_k held fixed: an estimate of
                       -d KL(p(z|x) || q(z|x)), so q is trained toward the posterior.
 
-    The inference update uses only the score of q, so q need not be reparameterized
-    (discrete latents work when q has a float dtype, e.g. tfd.Bernoulli(..., dtype=
-    tf.float32)). Its gradient is not that of any bound.
+    The inference update uses only the score of q, so q need not be reparameterized:
+    discrete latents work in their default integer dtypes (tfd.Bernoulli,
+    tfd.Categorical, ...), alone or in a JointDistribution with continuous leaves. Its
+    gradient is not that of any bound.
 
     Args:
       num_samples: K >= 1.

@@ -65,18 +65,44 @@ _TRANSFORMED = transformed_distribution._TransformedDistribution
 
 
 def stateless_seed(seed) -> tf.Tensor:
-    """A shape-[2] int32 stateless seed from an int or an integer tensor of shape [2].
+    """A shape-[2] int32 stateless seed from an int or an integer tensor of shape [] or [2].
 
-    A Python int maps to a fixed seed (TFP's `sanitize_seed` would treat it as a
-    stateful seed and draw anew on every call).
+    A Python (or NumPy) int in [0, 2**62) maps to a fixed seed (TFP's `sanitize_seed`
+    would treat it as a stateful seed and draw anew on every call), and so does an
+    integer scalar tensor. A [2] seed of any integer dtype is read component by component
+    as its low 32 bits (int64 seeds, as `stateless_fold_in` returns, included).
     """
-    if isinstance(seed, bool):
+    if isinstance(seed, (bool, np.bool_)):
         raise TypeError("`seed` must be an int or a shape-[2] integer tensor, got a bool.")
-    if isinstance(seed, int):
+    if isinstance(seed, (int, np.integer)):
+        seed = int(seed)
         if not 0 <= seed < 2**62:
             raise ValueError(f"`seed` must be an int in [0, 2**62), got {seed}.")
         return tf.constant([seed >> 31, seed & 0x7FFFFFFF], tf.int32)
-    return tfp.random.sanitize_seed(seed)
+    try:
+        seed = tf.convert_to_tensor(seed)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"`seed` must be an int or a shape-[2] integer tensor, got {type(seed).__name__}."
+        ) from error
+    if not seed.dtype.is_integer:
+        raise TypeError(f"`seed` must have an integer dtype, got {seed.dtype.name}.")
+    if seed.shape.rank == 0:
+        seed = tf.cast(seed, tf.int64)
+        seed = tf.stack(
+            [tf.bitwise.right_shift(seed, 31), tf.bitwise.bitwise_and(seed, 0x7FFFFFFF)]
+        )
+    elif seed.shape.rank != 1 or not seed.shape.is_compatible_with([2]):
+        raise ValueError(
+            f"`seed` must be an int or a stateless seed of shape [2] (or, where per-example "
+            f"seeds are taken, [B, 2]); got shape {seed.shape}. Split one seed per step, "
+            "e.g. with tf.random.experimental.stateless_split."
+        )
+    if seed.dtype == tf.int32:
+        return seed
+    # The low 32 bits of each component, as an int32 (the bits SplitMix64 reads).
+    low = tf.math.floormod(tf.cast(seed, tf.int64), 2**32)
+    return tf.cast(low - tf.cast(low >= 2**31, tf.int64) * 2**32, tf.int32)
 
 
 def is_per_example_seed(seed) -> bool:
@@ -403,9 +429,18 @@ def _sample_part(part: tfd.Distribution, num_samples: int, seed: tf.Tensor, even
             f"Per-example seeds ([B, 2]) need every part of a joint q to be one that "
             f"mcobjectives.sampling draws itself (Normal, Bernoulli, Categorical, "
             f"OneHotCategorical, Independent, Sample, MultivariateNormal*, ...); part "
-            f"'{part.name}' is a {type(part).__name__}. Pass one shape-[2] seed instead."
+            f"'{part.name}' is {_describe(part)}. Pass one shape-[2] seed instead."
         )
     return part.sample(sample_shape, seed=seed)
+
+
+def _describe(d: tfd.Distribution) -> str:
+    """ "a Gamma" or "an Independent of a Gamma": the family that is not recognised."""
+    wrappers = []
+    while isinstance(d, (tfd.Independent, tfd.Sample, tfd.TransformedDistribution)):
+        wrappers.append(type(d).__name__)
+        d = d.distribution
+    return " of ".join(f"a {name}" for name in [*wrappers, type(d).__name__])
 
 
 def _joint_seed(seed, q) -> tf.Tensor:

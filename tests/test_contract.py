@@ -636,3 +636,66 @@ def test_make_objective_builds_every_registered_objective(name):
     objective = mco.make_objective(name, 6, **kwargs)
     assert type(objective) is mco.registry.OBJECTIVES[name]
     assert objective.num_samples == 6
+
+
+# --------------------------------------------------------------------------------------
+# What `_value` and `_coefficients` return, when the batch size is only known at run time
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [lambda lw: tf.reduce_logsumexp(lw), lambda lw: lw, lambda lw: tf.cast(lw[0], tf.float32)],
+    ids=["scalar", "per-sample", "float32"],
+)
+def test_a_value_that_is_not_one_per_data_point_raises(value):
+    """`_value` forgetting axis=0, or keeping the sample axis, would give a wrong loss."""
+
+    class WrongValue(mco.IWAE):
+        def _value(self, log_weights):
+            return value(log_weights)
+
+    with pytest.raises(ValueError, match=r"WrongValue\._value returned"):
+        _call(WrongValue(K))
+
+
+def _dynamic_batch_loss(objective):
+    """The objective's loss in a tf.function whose batch size is unknown when traced."""
+    mu, A, b, x = _data()
+    spec = tf.TensorSpec([None, D], tf.float64)
+
+    @tf.function(input_signature=[spec])
+    def loss(x):
+        return objective(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=SEED).loss
+
+    return loss(x)
+
+
+def test_a_coefficient_of_batch_size_one_is_refused_when_the_batch_size_is_dynamic():
+    """An [S, 1] coefficient would broadcast point 1's weights over the batch: refused."""
+    Broadcast = _iwae_like(
+        mco.GradientPath.SPLIT,
+        lambda lw: mco.Coefficients(
+            model=normalized_weights(lw), path=normalized_weights(lw)[:, :1], score=None
+        ),
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`path` does not have the shape"):
+        _dynamic_batch_loss(Broadcast(K))
+    # The same objective with well-shaped coefficients runs and matches the static batch.
+    np.testing.assert_allclose(
+        _dynamic_batch_loss(mco.DReG(K)).numpy(), _call(mco.DReG(K)).loss.numpy(), rtol=1e-12
+    )
+
+
+def test_repr_of_an_objective_that_keeps_an_argument_privately_falls_back_to_num_samples():
+    """repr never raises; get_config still says which argument it cannot read."""
+
+    class Tempered(mco.IWAE):
+        def __init__(self, num_samples: int, temperature: float = 1.0):
+            super().__init__(num_samples)
+            self._temperature = temperature
+
+    objective = Tempered(3, temperature=2.0)
+    assert repr(objective) == "Tempered(num_samples=3)"
+    with pytest.raises(NotImplementedError, match="temperature"):
+        objective.get_config()

@@ -883,3 +883,36 @@ def test_joint_q_whose_parts_score_in_different_dtypes_raises_naming_each_leaf(n
         objective(q, lambda z: tf.zeros([K, B], tf.float64), seed=SEED)
     with pytest.raises(TypeError, match="'b': float32"):
         mco.log_marginal_estimate(q, lambda z: tf.zeros([K, B], tf.float64), SEED, K, K)
+
+
+@pytest.mark.parametrize(
+    "seed", [[1, 2, 99], np.zeros([3, 2, 1], np.int32), [1.0, 2.0]], ids=["[3]", "[3,2,1]", "float"]
+)
+def test_seed_of_a_wrong_shape_or_dtype_raises_naming_seed(seed):
+    """A [3] seed is not truncated to its first two numbers, nor a float seed rounded."""
+    mu, A, b, x = _data()
+    with pytest.raises((ValueError, TypeError), match="`seed`"):
+        mco.IWAE(K)(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=seed)
+
+
+def test_integer_scalar_and_int64_seeds_mean_what_an_int_and_an_int32_seed_mean():
+    """np.int64(3) and tf.constant(3) are the int 3; an int64 [2] seed its int32 bits."""
+    mu, A, b, x = _data()
+
+    def loss(seed):
+        return mco.IWAE(K)(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=seed).loss
+
+    assert float(loss(np.int64(3))) == float(loss(tf.constant(3))) == float(loss(3))
+    pair = tf.constant([2**33 + 5, -(2**40) + 7], tf.int64)
+    assert float(loss(pair)) == float(loss(tf.cast(pair, tf.int32)))
+
+
+def test_a_transformed_joint_q_is_refused_with_the_fix():
+    """A bijector around a whole JointDistribution: put it inside each part instead."""
+    tfb = tfp.bijectors
+    joint = tfd.JointDistributionSequential(
+        [tfd.Independent(tfd.Normal(tf.zeros([B, D]), 1.0), 1)] * 2
+    )
+    q = tfd.TransformedDistribution(joint, tfb.JointMap([tfb.Identity(), tfb.Softplus()]))
+    with pytest.raises(ValueError, match="inside its part"):
+        mco.IWAE(K)(q, lambda z: tf.zeros([K, B]), seed=SEED)
