@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import re
 
@@ -31,22 +33,35 @@ SINGLE_K = {
     "VAE": mco.VAE,
 }
 
-ALL_OBJECTIVES = {
-    "IWAE": lambda: mco.IWAE(K),
-    "STL": lambda: mco.STL(K),
-    "DReG": lambda: mco.DReG(K),
-    "DReG-0.5": lambda: mco.DReG(K, alpha=0.5),
-    "RWS": lambda: mco.RWS(K),
-    "CIWAE": lambda: mco.CIWAE(K, beta=0.3),
-    "VAE": lambda: mco.VAE(K),
-    "MIWAE": lambda: mco.MIWAE(2, 3),
-    "PIWAE": lambda: mco.PIWAE(2, 3),
-    "JVI": lambda: mco.JVI(K),
-    "JVI-DReG": lambda: mco.JVI(K, dreg=True),
-}
+
+def _all_objectives() -> dict:
+    """Class name -> constructor: every registered objective (K samples, or 6 in 2 bounds),
+    and the variants whose checks differ (DReG(alpha), JVI-DReG, VRIWAE-DReG)."""
+    objectives = {}
+    for name in mco.objective_names():
+        cls = mco.registry.OBJECTIVES[name]
+        kwargs = {"num_outer": 2} if "num_outer" in inspect.signature(cls).parameters else {}
+        budget = 6 if kwargs else K
+        objectives[cls.__name__] = functools.partial(mco.make_objective, name, budget, **kwargs)
+    objectives.update(
+        {
+            "CIWAE": lambda: mco.CIWAE(K, beta=0.3),
+            "DReG-0.5": lambda: mco.DReG(K, alpha=0.5),
+            "JVI-DReG": lambda: mco.JVI(K, dreg=True),
+            "VRIWAE-DReG": lambda: mco.VRIWAE(K, dreg=True),
+        }
+    )
+    return objectives
+
+
+ALL_OBJECTIVES = _all_objectives()
 
 # Objectives that differentiate through z and so need a fully reparameterized q.
-REPARAMETERIZED = [name for name in ALL_OBJECTIVES if name != "RWS"]
+REPARAMETERIZED = [
+    name
+    for name, make in ALL_OBJECTIVES.items()
+    if make().gradient_path is not mco.GradientPath.SCORE
+]
 
 
 def _data(dtype=tf.float32):
