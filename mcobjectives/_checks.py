@@ -79,6 +79,12 @@ def _flat_shapes(structure) -> list:
     return [structure]
 
 
+def _per_leaf(values: list, num_leaves: int) -> list:
+    """One value per leaf: an AutoBatched joint reports one batch shape (and one
+    reparameterization type) for all its leaves."""
+    return values * num_leaves if len(values) == 1 else values
+
+
 def check_distribution(q, *, objective: str, needs_reparameterization: bool) -> None:
     """Checks the inference distribution q(z|x) handed to an objective.
 
@@ -115,9 +121,7 @@ def check_distribution(q, *, objective: str, needs_reparameterization: bool) -> 
         if not (d.is_floating or d.is_integer or d == tf.bool):
             raise TypeError(f"Leaf '{n}' of {what} has dtype {d.name}: expected float or int.")
 
-    batch_shapes = _flat_shapes(q.batch_shape)
-    if len(batch_shapes) == 1 and len(names) > 1:
-        batch_shapes = batch_shapes * len(names)  # AutoBatched: one batch shape for all
+    batch_shapes = _per_leaf(_flat_shapes(q.batch_shape), len(names))
     batch_rank = {s.rank for s in batch_shapes}
     if batch_rank != {1}:
         hint = ""
@@ -146,9 +150,7 @@ def check_distribution(q, *, objective: str, needs_reparameterization: bool) -> 
         )
 
     if needs_reparameterization:
-        types = tf.nest.flatten(q.reparameterization_type)
-        if len(types) == 1 and len(names) > 1:
-            types = types * len(names)
+        types = _per_leaf(tf.nest.flatten(q.reparameterization_type), len(names))
         for n, d, t in zip(names, dtypes, types, strict=True):
             if not d.is_floating or t != tfd.FULLY_REPARAMETERIZED:
                 if d.is_floating:

@@ -98,10 +98,12 @@ def stateless_seed(seed) -> tf.Tensor:
             f"seeds are taken, [B, 2]); got shape {seed.shape}. Split one seed per step, "
             "e.g. with tf.random.experimental.stateless_split."
         )
-    if seed.dtype == tf.int32:
-        return seed
-    # The low 32 bits of each component, as an int32 (the bits SplitMix64 reads).
-    low = tf.math.floormod(tf.cast(seed, tf.int64), 2**32)
+    return seed if seed.dtype == tf.int32 else _int32_of_low_bits(seed)
+
+
+def _int32_of_low_bits(x: tf.Tensor) -> tf.Tensor:
+    """The low 32 bits of each integer as an int32 (the bits SplitMix64 reads of a seed)."""
+    low = tf.math.floormod(tf.cast(x, tf.int64), 2**32)
     return tf.cast(low - tf.cast(low >= 2**31, tf.int64) * 2**32, tf.int32)
 
 
@@ -231,15 +233,9 @@ def _child_seeds(seed: tf.Tensor, index: int) -> tf.Tensor:
     # A salt keeps child keys away from the parent's own noise stream.
     key = tf.bitwise.bitwise_xor(_keys(seed), _uint64(0x6A09E667F3BCC909))
     child = _mix64(key + _uint64((index + 1) * _GOLDEN_GAMMA % 2**64))
-    halves = [
-        tf.bitwise.right_shift(child, _uint64(32)),
-        tf.bitwise.bitwise_and(child, _uint64(0xFFFFFFFF)),
-    ]
-    as_int32 = [
-        tf.cast(tf.cast(h, tf.int64) - tf.cast(h >= 2**31, tf.int64) * 2**32, tf.int32)
-        for h in halves
-    ]
-    return tf.stack(as_int32, axis=-1)
+    high = tf.bitwise.right_shift(child, _uint64(32))
+    low = tf.bitwise.bitwise_and(child, _uint64(0xFFFFFFFF))
+    return tf.stack([_int32_of_low_bits(high), _int32_of_low_bits(low)], axis=-1)
 
 
 def _defines(cls: type, method: str, owner: type) -> bool:
@@ -361,13 +357,16 @@ def sample(q: tfd.Distribution, num_samples: int, seed):
       seed: a stateless seed (an int or a shape-[2] integer tensor), or a `[B, 2]`
         integer tensor of per-example seeds for a q of batch shape `[B]`.
     """
-    if isinstance(q, tfd.JointDistribution):
-        return _sample_joint(q, num_samples, _joint_seed(seed, q))
+    seed = _per_example_seeds(seed, q) if is_per_example_seed(seed) else stateless_seed(seed)
+    if _checks.is_joint(q):
+        return _sample_joint(q, num_samples, seed)
     sampler = _sampler(q)
-    if is_per_example_seed(seed):
-        seed = _per_example_seeds(seed, q, sampler)
-    else:
-        seed = stateless_seed(seed)
+    if sampler is None and seed.shape.rank == 2:
+        raise ValueError(
+            f"Per-example seeds ([B, 2]) need a q that mcobjectives.sampling draws itself "
+            f"(Normal, Bernoulli, Categorical, OneHotCategorical, Independent, Sample, "
+            f"MultivariateNormal*, ...); got {_describe(q)}. Pass one shape-[2] seed instead."
+        )
     if sampler is None:
         return q.sample(num_samples, seed=seed)
     draws = sampler(tf.constant([num_samples], tf.int32), seed, 1)
@@ -440,45 +439,25 @@ def _describe(d: tfd.Distribution) -> str:
     while isinstance(d, (tfd.Independent, tfd.Sample, tfd.TransformedDistribution)):
         wrappers.append(type(d).__name__)
         d = d.distribution
-    return " of ".join(f"a {name}" for name in [*wrappers, type(d).__name__])
+    names = [*wrappers, type(d).__name__]
+    return " of ".join(f"{'an' if name[0] in 'AEIOU' else 'a'} {name}" for name in names)
 
 
-def _joint_seed(seed, q) -> tf.Tensor:
-    if not is_per_example_seed(seed):
-        return stateless_seed(seed)
+def _per_example_seeds(seed, q: tfd.Distribution) -> tf.Tensor:
+    """Checks [B, 2] per-example seeds against q's batch shape [B] (every part's, for a
+    joint q) and returns them as int32."""
     seed = tf.convert_to_tensor(seed)
     if not seed.dtype.is_integer:
         raise TypeError(f"Per-example `seed` must be an integer tensor, got {seed.dtype.name}.")
-    batch_sizes = {s[0] for s in _checks._flat_shapes(q.batch_shape) if s.rank == 1} - {None}
-    if not seed.shape[1:].is_compatible_with([2]) or (
-        seed.shape[0] is not None and batch_sizes and batch_sizes != {seed.shape[0]}
-    ):
+    batch_shapes = _checks._flat_shapes(q.batch_shape)
+    if any(s.rank != 1 for s in batch_shapes) or not seed.shape[1:].is_compatible_with([2]):
         raise ValueError(
             f"Per-example seeds must have shape [B, 2] for a q of batch shape [B]; got seed "
             f"shape {seed.shape} and q batch shape {q.batch_shape}."
         )
-    return tf.cast(seed, tf.int32)
-
-
-def _per_example_seeds(seed, q: tfd.Distribution, sampler) -> tf.Tensor:
-    seed = tf.convert_to_tensor(seed)
-    if not seed.dtype.is_integer:
-        raise TypeError(f"Per-example `seed` must be an integer tensor, got {seed.dtype.name}.")
-    if sampler is None:
-        raise ValueError(
-            f"Per-example seeds ([B, 2]) need a q that mcobjectives.sampling draws itself "
-            f"(Normal, Bernoulli, Categorical, OneHotCategorical, Independent, Sample, "
-            f"MultivariateNormal*, ...); got "
-            f"{type(q).__name__}. Pass one shape-[2] seed instead."
-        )
-    if q.batch_shape.rank != 1 or not seed.shape[1:].is_compatible_with([2]):
-        raise ValueError(
-            f"Per-example seeds must have shape [B, 2] for a q of batch shape [B]; got seed "
-            f"shape {seed.shape} and q batch shape {q.batch_shape}."
-        )
-    if not seed.shape[:1].is_compatible_with(q.batch_shape):
+    if not all(seed.shape[:1].is_compatible_with(s) for s in batch_shapes):
         raise ValueError(
             f"Per-example seeds of shape {seed.shape} do not match q's batch shape "
-            f"{q.batch_shape}: give one seed per data point."
+            f"{q.batch_shape}: give one seed per data point, shape [B, 2]."
         )
     return tf.cast(seed, tf.int32)
