@@ -36,6 +36,7 @@ run is replayed exactly by its seed and its step counter, which the optimizer ke
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -44,7 +45,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from mcobjectives import _checks, sampling
+from mcobjectives import _checks, _serialization, sampling
 from mcobjectives.base import MCObjective, ObjectiveResult
 from mcobjectives.evaluation import log_marginal_estimate
 
@@ -54,6 +55,8 @@ __all__ = ["ImportanceWeightedAutoencoder", "make_train_step"]
 
 # Folded into the model seed for `test_step` and `call`, away from training steps.
 _EVALUATION_STREAM = 2**31 - 1
+
+_serialization.register_objectives()
 
 
 def _unpack(data) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
@@ -79,6 +82,64 @@ def _unpack(data) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
     return data, None, None
 
 
+def _flatten_samples(t: tf.Tensor) -> tf.Tensor:
+    """[S, B, *event] -> [S*B, *event] (sample-major: row s*B + b)."""
+    t = tf.convert_to_tensor(t)
+    event = t.shape[2:]
+    if event.is_fully_defined():
+        return tf.reshape(t, [-1, *event.as_list()])
+    return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
+
+
+def _tile_batch(t: tf.Tensor, num_samples: tf.Tensor) -> tf.Tensor:
+    """[B, *e] -> [S*B, *e], row s*B + b holding t[b], to sit beside flattened samples."""
+    t = tf.convert_to_tensor(t)
+    if t.shape.rank is None:
+        raise ValueError("The batch's tensors need a known rank.")
+    multiples = tf.concat([[num_samples], tf.ones([t.shape.rank - 1], tf.int32)], axis=0)
+    return tf.tile(t, multiples)
+
+
+def _content_seeds(seed: tf.Tensor, tensors: list[tf.Tensor]) -> tf.Tensor:
+    """[B, 2] per-example seeds from `seed` and each example's content (bit-exact hash).
+
+    The hash of an example reads its own bits only (integer sums, which no reduction
+    order can change), so a data point draws the same samples in any batch.
+    """
+    hashed = None
+    for t in tensors:
+        t = tf.convert_to_tensor(t)
+        flat = tf.reshape(t, [tf.shape(t)[0], -1])
+        if flat.dtype.is_floating:
+            bits = tf.cast(tf.bitcast(tf.cast(flat, tf.float32), tf.int32), tf.int64)
+        else:
+            bits = tf.cast(flat, tf.int64)
+        # Odd multipliers that differ per position: a value and its place both count.
+        # int64 products and sums wrap around, exactly and in any order.
+        position = tf.range(tf.shape(flat)[1], dtype=tf.int64)
+        multipliers = position * 0x9E3779B97F4A7C1 * 2 + 1
+        row = tf.reduce_sum((bits + 0x632BE5AB) * multipliers, axis=1)
+        hashed = row if hashed is None else hashed * 1000003 + row
+    mixed = tf.bitwise.bitwise_xor(hashed, tf.bitwise.right_shift(hashed, 29))
+    low = tf.bitwise.bitwise_and(mixed, 0x7FFFFFFF)
+    high = tf.bitwise.bitwise_and(tf.bitwise.right_shift(mixed, 32), 0x7FFFFFFF)
+    seed = tf.cast(seed, tf.int64)
+    xor = tf.bitwise.bitwise_xor
+    pair = tf.stack([xor(low, seed[0]), xor(high, seed[1])], axis=1)
+    return tf.cast(tf.bitwise.bitwise_and(pair, 0x7FFFFFFF), tf.int32)
+
+
+def _variable_key(v) -> int:
+    """One identity for a Keras variable, the tf.Variable it stores, or a replica's copy."""
+    if isinstance(v, keras.Variable):
+        v = v.value
+    container = getattr(v, "_distributed_container", None)
+    if callable(container):
+        v = container()
+    return id(v)
+
+
+@keras.saving.register_keras_serializable(package="mcobjectives")
 class ImportanceWeightedAutoencoder(keras.Model):
     """A variational autoencoder whose training objective is any `MCObjective`.
 
@@ -92,7 +153,7 @@ class ImportanceWeightedAutoencoder(keras.Model):
             seed=1,
         )
         model.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-4))
-        model.fit(images_dataset, epochs=10)   # logs loss, bound and ess
+        model.fit(images_dataset, epochs=10)   # logs loss, bound, ess, nonfinite_steps
 
     Burda et al.'s two stochastic layers: the encoder returns the joint
     q(z1|x) q(z2|z1), the prior layer (called as `prior()`) the joint p(z2) p(z1|z2)
@@ -105,21 +166,49 @@ class ImportanceWeightedAutoencoder(keras.Model):
             objective=mco.IWAE(64),
         )
 
+    Networks see plain batches. The encoder is called on x [B, ...]. The decoder and a
+    prior layer are called on a flat batch of latents, each leaf [S*B, *event] (row
+    s*B + b holds sample s of data point b), with the context tiled to [S*B, ...] to
+    match; their log-probabilities are reshaped back to [S, B]. So a network written
+    for [N, features] inputs (a `keras.Sequential` of Dense layers, a Dense-Reshape-
+    Conv2DTranspose decoder) works unchanged. A fixed prior's `log_prob` gets z as
+    [S, B, ...] (its batch shape may be [] or [B]).
+
+    Training. `train_step` differentiates the objective's one surrogate loss with
+    respect to every trainable variable of the model: the decoder's, the prior's, any
+    layer or weight a subclass adds (the model estimator), the encoder's (the
+    inference estimator), and the objective's own (a learnable CIWAE beta, which the
+    model adopts as one of its Keras weights, so that optimizers, strategies and saving
+    see it). A trainable variable the loss reads that Keras does not track (a tf_keras
+    layer, a bare `tf.Variable`) is an error naming it. A step whose loss or gradients
+    are not finite is skipped (weights and optimizer untouched) and counted in the
+    `nonfinite_steps` log; `max_nonfinite_steps` consecutive ones stop training with
+    an error naming the step. Under the "mixed_float16" policy `compile` wraps the
+    optimizer in a `LossScaleOptimizer` and the loss is scaled for it; the networks
+    compute in the low precision while samples, log-probabilities and the surrogate
+    stay float32.
+
+    Saving. `model.save("m.keras")` / `keras.models.load_model` round-trip the model:
+    the networks and prior layers by their Keras configs (custom layers registered as
+    usual), the objective by its `get_config`, a fixed TFP prior by its parameters.
+
     Args:
       encoder: a Keras layer mapping x (or x, context) to q(z|x), a TFP distribution
         with batch shape [B] (a single distribution or a `JointDistribution`),
         reparameterized unless the objective is a score-function one (RWS, VIMCO).
-      decoder: a Keras layer mapping z (q's structure, leaves [S, B, *event_i]; or z,
-        context) to p(x|z), a TFP distribution with batch shape [S, B] and x's shape as
+      decoder: a Keras layer mapping z (q's structure, leaves [S*B, *event_i]; or z,
+        context) to p(x|z), a TFP distribution with batch shape [S*B] and x's shape as
         event. For structured z it picks the leaves it reads.
       prior: p(z), a TFP distribution whose `log_prob(z)` is [S, B] (batch shape [] or
-        [B]); or a Keras layer returning one: called as `prior(context)` for a
-        conditional model p(z|c), as `prior()` for a learnable unconditional p(z)
-        (e.g. `mco.networks.TwoLayerGaussianPrior()`, p(z2) p(z1|z2)).
+        [B]); or a Keras layer returning one: called as `prior(context)` (the context
+        tiled to [S*B, ...]) for a conditional model p(z|c), as `prior()` for a
+        learnable unconditional p(z) (e.g. `mco.networks.TwoLayerGaussianPrior()`).
       objective: the `MCObjective` to train with. Create it (and the model) inside a
         distribution strategy's scope if its variables (a learnable CIWAE beta) are to
         be mirrored.
       seed: an int, the stateless seed from which every step's samples are drawn.
+      max_nonfinite_steps: the number of consecutive skipped (non-finite) steps after
+        which training stops with an error (default 5).
       name, **kwargs: passed to `keras.Model`.
     """
 
@@ -131,6 +220,7 @@ class ImportanceWeightedAutoencoder(keras.Model):
         objective: MCObjective,
         *,
         seed: int = 0,
+        max_nonfinite_steps: int = 5,
         name: str = "importance_weighted_autoencoder",
         **kwargs: Any,
     ):
@@ -152,53 +242,111 @@ class ImportanceWeightedAutoencoder(keras.Model):
                 f"{type(objective).__name__}."
             )
         _checks.check_count("seed", seed, minimum=0)
+        _checks.check_count("max_nonfinite_steps", max_nonfinite_steps)
         self.encoder = encoder
         self.decoder = decoder
         self.prior = prior
         self.objective = objective
         self.seed = seed
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self._objective_weights = self._adopt_objective_variables()
+        # Skipped steps: the current run of consecutive ones and the total. The total is
+        # folded into each step's seed so that a skipped step's successor draws afresh.
+        counter = dict(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.nonfinite_run = self.add_weight(name="nonfinite_run", **counter)
+        self.nonfinite_steps = self.add_weight(name="nonfinite_steps", **counter)
         self._loss_tracker = keras.metrics.Mean(name="loss")
         self._bound_tracker = keras.metrics.Mean(name="bound")
         self._ess_tracker = keras.metrics.Mean(name="ess")
+        self._batch_spec: tuple | None = None
+
+    def _adopt_objective_variables(self) -> list[keras.Variable]:
+        """Keras weights holding the objective's tf.Variables themselves (no copy)."""
+        adopted = []
+        for value in list(vars(self.objective).values()):
+            if isinstance(value, tf.Variable):
+                adopted.append(
+                    keras.Variable(value, trainable=value.trainable, name=value.name.split(":")[0])
+                )
+        held = {id(v.value) for v in adopted}
+        hidden = [v.name for v in self.objective.variables if id(v) not in held]
+        if hidden:
+            raise ValueError(
+                f"`objective` ({type(self.objective).__name__}) keeps the variables {hidden} "
+                "inside containers: keep each tf.Variable as a direct attribute of the "
+                "objective so that the model can train and save it."
+            )
+        return adopted
 
     # ----------------------------------------------------------------- the model
     def posterior(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
         """q(z|x) (or q(z|x, c)), batch shape [B]: a distribution or a `JointDistribution`."""
         return self.encoder(x) if context is None else self.encoder(x, context)
 
-    def prior_distribution(self, context: tf.Tensor | None = None) -> tfd.Distribution:
-        """p(z) (or p(z|c)): the fixed prior, `prior(context)`, or, without a context, `prior()`."""
+    def _check_prior_context(self, context) -> None:
         if isinstance(self.prior, tfd.Distribution):
             if context is not None:
                 raise ValueError(
                     "The batch has a 'context' but `prior` is a fixed distribution: pass a "
                     "Keras layer mapping the context to p(z|c) as `prior`."
                 )
-            return self.prior
-        if context is not None:
-            return self.prior(context)
-        if not _callable_without_arguments(self.prior):
+        elif context is None and not _callable_without_arguments(self.prior):
             raise ValueError(
                 "`prior` is a layer of the context (a conditional model): give each batch "
                 "as {'x': ..., 'context': ...}. (A prior layer for an unconditional model "
                 "is called as prior(): give its `call` a context argument defaulting to "
                 "None.)"
             )
-        return self.prior()
+
+    def prior_distribution(self, context: tf.Tensor | None = None) -> tfd.Distribution:
+        """p(z) (or p(z|c)): the fixed prior, `prior(context)`, or, without a context, `prior()`."""
+        self._check_prior_context(context)
+        if isinstance(self.prior, tfd.Distribution):
+            return self.prior
+        return self.prior() if context is None else self.prior(context)
 
     def log_joint(self, x: tf.Tensor, context: tf.Tensor | None = None) -> Callable:
         """The function z -> log p(x, z) [S, B] (or log p(x, z | c)), z in q's structure.
 
-        The prior's `log_prob` and the decoder both receive z whole (a tensor
-        [S, B, ...], or the dict or list of leaves of a joint q).
+        The decoder and a prior layer receive z flattened to leaves [S*B, *event] (and
+        the context tiled to [S*B, ...]); a fixed prior's `log_prob` receives z whole.
         """
-        prior = self.prior_distribution(context)
+        self._check_prior_context(context)
+        fixed_prior = self.prior if isinstance(self.prior, tfd.Distribution) else None
+        # An unconditional prior layer is the same for every sample: built once.
+        shared_prior = self.prior() if fixed_prior is None and context is None else None
 
         def log_joint(z):
-            likelihood = self.decoder(z) if context is None else self.decoder(z, context)
-            return prior.log_prob(z) + likelihood.log_prob(x)
+            leading = tf.shape(tf.nest.flatten(z)[0])[:2]
+            flat_z = tf.nest.map_structure(_flatten_samples, z)
+            flat_context = None if context is None else _tile_batch(context, leading[0])
+            likelihood = (
+                self.decoder(flat_z) if context is None else self.decoder(flat_z, flat_context)
+            )
+            log_px = self._unflatten(likelihood.log_prob(_tile_batch(x, leading[0])), leading)
+            if fixed_prior is not None:
+                return fixed_prior.log_prob(z) + log_px
+            prior = shared_prior if shared_prior is not None else self.prior(flat_context)
+            return self._unflatten(prior.log_prob(flat_z), leading) + log_px
 
         return log_joint
+
+    @staticmethod
+    def _unflatten(log_prob: tf.Tensor, leading: tf.Tensor) -> tf.Tensor:
+        if log_prob.shape.rank not in (None, 1):
+            raise ValueError(
+                "The decoder and prior layers are called on flat batches of latents "
+                f"[S*B, ...] and their log_prob must be [S*B]; got shape {log_prob.shape}. "
+                "Give the distribution x's (or z's) shape as its event shape (e.g. "
+                "tfd.Independent(..., reinterpreted_batch_ndims=...))."
+            )
+        return tf.reshape(log_prob, leading)
 
     def objective_result(self, data, seed=None) -> ObjectiveResult:
         """The objective on one batch: an `ObjectiveResult` (loss, bound, log weights, ESS).
@@ -212,17 +360,37 @@ class ImportanceWeightedAutoencoder(keras.Model):
         if seed is None:
             seed = self._seed_for(data)
         log_joint = self.log_joint(x, context)  # checks the context first
-        return self.objective(self.posterior(x, context), log_joint, seed=seed)
+        result = self.objective(self.posterior(x, context), log_joint, seed=seed)
+        self._remember_batch(x, context)
+        return result
+
+    def _remember_batch(self, x, context) -> None:
+        """Records the batch's shapes (for `build_from_config`); the model is built."""
+        if self._batch_spec is None:
+
+            def spec(t):
+                if t is None:
+                    return None
+                shape = tf.TensorShape(t.shape) if hasattr(t, "shape") else None
+                if shape is None:
+                    t = tf.convert_to_tensor(t)
+                    shape = t.shape
+                return (tuple(shape.as_list()[1:]), tf.as_dtype(t.dtype).name)
+
+            self._batch_spec = (spec(x), spec(context))
+        self.built = True
 
     def step_seed(self, stream: tf.Tensor | int | None = None) -> tf.Tensor:
         """The [2] seed of a training step: the model seed folded with `stream`.
 
-        `stream` defaults to the optimizer's step counter; under a distribution strategy
-        the replica id is folded in too, so that replicas draw independent samples.
+        `stream` defaults to the optimizer's step counter plus the number of skipped
+        (non-finite) steps; under a distribution strategy the replica id is folded in
+        too, so that replicas draw independent samples.
         """
         if stream is None:
             optimizer = getattr(self, "optimizer", None)
             stream = optimizer.iterations if optimizer is not None else 0
+            stream = tf.cast(stream, tf.int64) + tf.convert_to_tensor(self.nonfinite_steps)
         seed = tf.random.experimental.stateless_fold_in(
             sampling.stateless_seed(self.seed), tf.cast(stream, tf.int64)
         )
@@ -234,26 +402,55 @@ class ImportanceWeightedAutoencoder(keras.Model):
         # stateless_fold_in gives int64 seeds; their low 32 bits are as good a seed.
         return tf.cast(seed, tf.int32)
 
+    def evaluation_seeds(self, data) -> tf.Tensor:
+        """[B, 2] seeds of `call`/`test_step`: the evaluation seed and each example's content.
+
+        A data point's bound then does not depend on the batch it comes in (nor on its
+        position there): identical examples draw identical samples.
+        """
+        x, context, _ = _unpack(data)
+        seed = self.step_seed(_EVALUATION_STREAM)
+        return _content_seeds(seed, [x] if context is None else [x, context])
+
     def _seed_for(self, data, stream: int | None = None) -> tf.Tensor:
         """The batch's per-example seeds if it has them, else `step_seed(stream)`."""
         _, _, data_seed = _unpack(data)
         return data_seed if data_seed is not None else self.step_seed(stream)
 
     # ---------------------------------------------------------------- variables
+    def _variable_split(self) -> tuple[list, list]:
+        encoder_variables = _unique(getattr(self.encoder, "trainable_variables", []))
+        encoder_ids = {id(v) for v in encoder_variables}
+        model_variables = []
+        for layer in self.layers:
+            if layer is not self.encoder:
+                model_variables += layer.trainable_variables
+        in_layers = {id(v) for layer in self.layers for v in layer.trainable_variables}
+        # The model's own weights (the objective's, a subclass's add_weight) and those of
+        # layers Keras tracks below non-layer attributes.
+        model_variables += [
+            v
+            for v in self.trainable_variables
+            if id(v) not in in_layers and id(v) not in encoder_ids
+        ]
+        model_variables = _unique(model_variables)
+        model_ids = {id(v) for v in model_variables}
+        return model_variables, [v for v in encoder_variables if id(v) not in model_ids]
+
     @property
     def model_variables(self) -> list[tf.Variable]:
-        """Trainable variables of p: decoder, prior (if a layer) and objective (beta)."""
-        variables = list(self.decoder.trainable_variables)
-        if not isinstance(self.prior, tfd.Distribution):
-            variables += list(self.prior.trainable_variables)
-        variables += list(self.objective.trainable_variables)
-        return _unique(variables)
+        """Trainable variables of p and the objective: all but the encoder's own.
+
+        The decoder's, a prior layer's, the objective's (a learnable beta) and those of
+        any layer or weight a subclass adds; a variable the encoder shares with any of
+        them is here too (its gradient is Tucker et al.'s unified estimator).
+        """
+        return self._variable_split()[0]
 
     @property
     def inference_variables(self) -> list[tf.Variable]:
         """Trainable variables of q (the encoder) not already among `model_variables`."""
-        shared = {id(v) for v in self.model_variables}
-        return [v for v in _unique(self.encoder.trainable_variables) if id(v) not in shared]
+        return self._variable_split()[1]
 
     def compute_gradients(
         self, data, seed=None, num_replicas: int | None = None
@@ -268,42 +465,141 @@ class ImportanceWeightedAutoencoder(keras.Model):
         Returns:
           (gradients, variables, result): aligned lists of gradients and variables
           (model variables first, then inference variables), and the `ObjectiveResult`.
+
+        Raises:
+          ValueError: if the loss reads a trainable variable the model does not track.
         """
+        return self._gradients(data, seed, num_replicas, optimizer=None)
+
+    def _gradients(self, data, seed, num_replicas, optimizer) -> tuple[list, list, ObjectiveResult]:
         with tf.GradientTape() as tape:
             result = self.objective_result(data, seed)
             if num_replicas is None:
                 num_replicas = _num_replicas()
-            scaled = result._replace(loss=result.loss / num_replicas)
+            loss = result.loss / num_replicas
+            if optimizer is not None:
+                loss = optimizer.scale_loss(loss)  # identity unless loss scaling is on
+            scaled = result._replace(loss=loss)
         # Read after the forward pass, which builds the layers on a first call.
-        model_variables, inference_variables = self.model_variables, self.inference_variables
+        model_variables, inference_variables = self._variable_split()
+        self._check_tracked(tape.watched_variables(), model_variables + inference_variables)
         grads = scaled.gradients(tape, model_variables, inference_variables)
         return grads.model + grads.inference, model_variables + inference_variables, result
 
+    def _check_tracked(self, watched, tracked) -> None:
+        known = {_variable_key(v) for v in tracked}
+        known |= {_variable_key(v) for v in self.non_trainable_variables}
+        missing = [v.name for v in watched if v.trainable and _variable_key(v) not in known]
+        if missing:
+            raise ValueError(
+                f"The loss reads the trainable variables {missing}, which the model does not "
+                "track, so they would never be trained nor saved. Create them as Keras 3 "
+                "weights (keras.layers, add_weight) and assign their layer to an attribute "
+                "of the model or of one of its layers; a tf_keras layer (e.g. inside a "
+                "TFP bijector) or a bare tf.Variable is not tracked by Keras 3."
+            )
+
     # ------------------------------------------------------------ Keras hooks
     def call(self, inputs, training: bool = False) -> tf.Tensor:
-        """The objective's bound per data point, [B], with the evaluation seed."""
+        """The objective's bound per data point, [B], with the evaluation seeds."""
         del training
-        return self.objective_result(inputs, self._seed_for(inputs, _EVALUATION_STREAM)).bound
+        return self.objective_result(inputs, self._evaluation_seed_for(inputs)).bound
+
+    def _evaluation_seed_for(self, data) -> tf.Tensor:
+        _, _, data_seed = _unpack(data)
+        if data_seed is not None and _in_symbolic_build():
+            # Keras builds the model on placeholders whose dtypes it may not keep (a
+            # distributed dataset's seeds come as float32): only shapes matter there.
+            return self.step_seed(_EVALUATION_STREAM)
+        return data_seed if data_seed is not None else self.evaluation_seeds(data)
 
     def train_step(self, data):
-        grads, variables, result = self.compute_gradients(data)
-        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
-        return self._update_metrics(result)
+        optimizer = self.optimizer
+        grads, variables, result = self._gradients(data, None, None, optimizer)
+        finite = self._apply_if_finite(optimizer, grads, variables, result.loss)
+        return self._update_metrics(result, finite)
 
     def test_step(self, data):
-        return self._update_metrics(
-            self.objective_result(data, self._seed_for(data, _EVALUATION_STREAM))
+        result = self.objective_result(data, self._evaluation_seed_for(data))
+        return self._update_metrics(result, tf.constant(True))
+
+    def _apply_if_finite(self, optimizer, grads, variables, loss) -> tf.Tensor:
+        """Applies the update only if the loss and gradients are finite; counts skipped steps.
+
+        Under loss scaling the `LossScaleOptimizer` itself skips steps whose gradients
+        overflow (and lowers the scale); only a non-finite loss is counted then. Every
+        replica takes the same decision. Returns whether the step was applied.
+        """
+        finite = tf.reduce_all(tf.math.is_finite(loss))
+        if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            for g in grads:
+                if g is not None:
+                    finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+        replica = tf.distribute.get_replica_context()
+        distributed = tf.distribute.has_strategy() and replica is not None
+        if distributed and replica.num_replicas_in_sync > 1:
+            bad = replica.all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32)
+            )
+            finite = tf.equal(bad, 0.0)
+        if not optimizer.built:
+            optimizer.build(self.trainable_variables)
+        pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
+        updated = [v for _, v in pairs]
+
+        def apply(grads):
+            optimizer.apply_gradients(zip(grads, updated, strict=True))
+            return tf.constant(True)
+
+        grads = [g for g, _ in pairs]
+        if distributed:
+            # A cond whose branch synchronizes replicas must run in cross-replica context;
+            # each replica's gradients reach it through merge_call's arguments.
+            def cross_replica(strategy, finite, grads):
+                def apply_on_every_replica():
+                    strategy.extended.call_for_each_replica(apply, args=(grads,))
+                    return tf.constant(True)
+
+                flag = strategy.experimental_local_results(finite)[0]
+                tf.cond(flag, apply_on_every_replica, lambda: tf.constant(False))
+
+            replica.merge_call(cross_replica, args=(finite, grads))
+        else:
+            tf.cond(finite, lambda: apply(grads), lambda: tf.constant(False))
+        run = tf.where(finite, tf.constant(0, tf.int64), self.nonfinite_run + 1)
+        self.nonfinite_run.assign(run)
+        self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+        step = tf.cast(optimizer.iterations, tf.int64) + tf.convert_to_tensor(self.nonfinite_steps)
+        tf.debugging.Assert(
+            run < self.max_nonfinite_steps,
+            [
+                f"mcobjectives: {self.max_nonfinite_steps} consecutive training steps had a "
+                "non-finite loss or gradient and were skipped (weights and optimizer "
+                "untouched); the last was step",
+                step,
+                ". Check the data for NaN or infinite values and lower the learning rate.",
+            ],
         )
+        return finite
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         return [self._loss_tracker, self._bound_tracker, self._ess_tracker]
 
-    def _update_metrics(self, result: ObjectiveResult) -> dict[str, tf.Tensor]:
-        self._loss_tracker.update_state(result.loss)
-        self._bound_tracker.update_state(tf.reduce_mean(result.bound))
-        self._ess_tracker.update_state(tf.reduce_mean(result.ess))
-        return {m.name: m.result() for m in self.metrics}
+    def _update_metrics(self, result: ObjectiveResult, finite: tf.Tensor) -> dict[str, tf.Tensor]:
+        # A skipped step's values are left out of the means (weight 0, and no NaN * 0).
+        weight = tf.cast(finite, result.loss.dtype)
+
+        def kept(value):
+            value = tf.reduce_mean(value)
+            return tf.where(finite, value, tf.zeros_like(value))
+
+        self._loss_tracker.update_state(kept(result.loss), sample_weight=weight)
+        self._bound_tracker.update_state(kept(result.bound), sample_weight=weight)
+        self._ess_tracker.update_state(kept(result.ess), sample_weight=weight)
+        logs = {m.name: m.result() for m in self.metrics}
+        logs["nonfinite_steps"] = tf.convert_to_tensor(self.nonfinite_steps)
+        return logs
 
     # ------------------------------------------------------------- evaluation
     def log_marginal(self, data, seed, num_samples: int = 5000, chunk_size: int = 500) -> tf.Tensor:
@@ -322,11 +618,82 @@ class ImportanceWeightedAutoencoder(keras.Model):
             chunk_size=chunk_size,
         )
 
+    # ----------------------------------------------------------------- saving
     def get_config(self) -> dict:
-        raise NotImplementedError(
-            "ImportanceWeightedAutoencoder holds TFP distributions and an objective and is "
-            "not serialized to a Keras config: save its weights (model.save_weights) or use "
-            "tf.train.Checkpoint(model=model, optimizer=optimizer)."
+        if isinstance(self.prior, tfd.Distribution):
+            prior = {"distribution": _serialization.serialize_distribution(self.prior)}
+        else:
+            prior = keras.saving.serialize_keras_object(self.prior)
+        return {
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "prior": prior,
+            "objective": _serialization.serialize_objective(self.objective),
+            "seed": self.seed,
+            "max_nonfinite_steps": self.max_nonfinite_steps,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> ImportanceWeightedAutoencoder:
+        config = dict(config)
+        prior = config.pop("prior")
+        if isinstance(prior, dict) and set(prior) == {"distribution"}:
+            prior = _serialization.deserialize_distribution(prior["distribution"])
+        else:
+            prior = keras.saving.deserialize_keras_object(prior, custom_objects=custom_objects)
+        return cls(
+            encoder=keras.saving.deserialize_keras_object(
+                config.pop("encoder"), custom_objects=custom_objects
+            ),
+            decoder=keras.saving.deserialize_keras_object(
+                config.pop("decoder"), custom_objects=custom_objects
+            ),
+            prior=prior,
+            objective=_serialization.deserialize_objective(config.pop("objective")),
+            **config,
+        )
+
+    def get_build_config(self) -> dict | None:
+        if self._batch_spec is None:
+            return None
+        x, context = self._batch_spec
+        return {
+            "x_shape": list(x[0]),
+            "x_dtype": x[1],
+            "context_shape": None if context is None else list(context[0]),
+            "context_dtype": None if context is None else context[1],
+        }
+
+    def build_from_config(self, config: dict | None) -> None:
+        """Creates every variable by one forward pass on a batch of zeros of the saved shapes."""
+        if not config:
+            return
+        x = tf.zeros([1, *config["x_shape"]], config["x_dtype"])
+        batch = {"x": x}
+        if config.get("context_shape") is not None:
+            batch["context"] = tf.zeros([1, *config["context_shape"]], config["context_dtype"])
+        self.objective_result(batch, seed=tf.constant([0, 0], tf.int32))
+
+    def build(self, input_shape=None) -> None:
+        """Creates the variables for batches x of `input_shape` ([B, ...]; float32)."""
+        if input_shape is None or self.built:
+            self.built = True
+            return
+        context = None
+        if isinstance(input_shape, Mapping):  # a dict batch's shapes
+            input_shape, context = input_shape.get("x"), input_shape.get("context")
+        if not isinstance(input_shape, (list, tuple, tf.TensorShape)) or len(input_shape) < 1:
+            raise ValueError(
+                f"`input_shape` must be the shape of x, e.g. (None, 784); got {input_shape!r}."
+            )
+        self.build_from_config(
+            {
+                "x_shape": list(input_shape)[1:],
+                "x_dtype": "float32",
+                "context_shape": None if context is None else list(context)[1:],
+                "context_dtype": "float32",
+            }
         )
 
 
@@ -340,6 +707,15 @@ def _callable_without_arguments(layer) -> bool:
     except ValueError:  # no signature (a builtin): let the call itself decide
         return True
     return True
+
+
+def _in_symbolic_build() -> bool:
+    """Whether Keras is tracing the model on placeholders to create its variables."""
+    try:
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+    except ImportError:  # a Keras without it traces with the batch's own dtypes
+        return False
+    return in_symbolic_scope()
 
 
 def _num_replicas() -> int:
@@ -367,8 +743,12 @@ def make_train_step(
 
     The returned `step(batch)` computes the objective's gradients (compiled with XLA if
     `jit_compile`), applies them with `optimizer` and returns the global-batch means
-    {"loss", "bound", "ess"}. Step t draws its samples from the model seed and
-    `optimizer.iterations` (or from the batch's per-example seeds), as `model.fit` does.
+    {"loss", "bound", "ess"} and "finite": False when the step's loss or gradients were
+    not finite and the update was skipped (weights and optimizer untouched), as
+    `model.fit` skips it; `model.max_nonfinite_steps` consecutive ones raise. Step t
+    draws its samples from the model seed and `optimizer.iterations` plus the skipped
+    steps (or from the batch's per-example seeds), as `model.fit` does. Under the
+    "mixed_float16" policy `optimizer` must be a `LossScaleOptimizer`.
 
     With a `strategy`, `batch` is a distributed batch (from
     `strategy.experimental_distribute_dataset`); every replica computes its share and
@@ -387,6 +767,20 @@ def make_train_step(
         raise TypeError(f"`optimizer` must be a keras optimizer, got {type(optimizer).__name__}.")
     if not isinstance(jit_compile, bool):
         raise TypeError(f"`jit_compile` must be a bool, got {jit_compile!r}.")
+
+    if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
+        optimizer, keras.optimizers.LossScaleOptimizer
+    ):
+        raise ValueError(
+            "Under the mixed_float16 policy float16 gradients underflow without loss "
+            "scaling: pass keras.optimizers.LossScaleOptimizer(optimizer) as `optimizer` "
+            "(model.compile wraps it for fit)."
+        )
+    if not model.built:
+        raise ValueError(
+            "`model` has no variables yet: call it on a batch (model(batch)) or "
+            "model.build(input_shape) before make_train_step."
+        )
     compiled = getattr(model, "optimizer", None)
     if compiled is None:
         model.optimizer = optimizer
@@ -395,9 +789,12 @@ def make_train_step(
             "`optimizer` differs from the optimizer the model was compiled with: the step "
             "counter that seeds each step must be the one that advances."
         )
+    if not optimizer.built:
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            optimizer.build(model.trainable_variables)
 
     def gradients(batch, seed, num_replicas):
-        grads, _, result = model.compute_gradients(batch, seed, num_replicas)
+        grads, _, result = model._gradients(batch, seed, num_replicas, optimizer)
         stats = (result.loss, tf.reduce_mean(result.bound), tf.reduce_mean(result.ess))
         return grads, stats
 
@@ -406,21 +803,21 @@ def make_train_step(
     def replica_step(batch):
         # The seed is read before the update advances the counter, outside XLA.
         seed = model._seed_for(batch)
-        grads, stats = gradients(batch, seed, _num_replicas())
+        grads, (loss, bound, ess) = gradients(batch, seed, _num_replicas())
         variables = model.model_variables + model.inference_variables
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
-        return stats
+        finite = model._apply_if_finite(optimizer, grads, variables, loss)
+        return loss, bound, ess, tf.cast(finite, tf.float32)
 
     @tf.function
     def step(batch):
         if strategy is None:
-            loss, bound, ess = replica_step(batch)
+            loss, bound, ess, finite = replica_step(batch)
         else:
             per_replica = strategy.run(replica_step, args=(batch,))
-            loss, bound, ess = (
+            loss, bound, ess, finite = (
                 strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
                 for value in per_replica
             )
-        return {"loss": loss, "bound": bound, "ess": ess}
+        return {"loss": loss, "bound": bound, "ess": ess, "finite": finite > 0.5}
 
     return step

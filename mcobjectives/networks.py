@@ -34,6 +34,22 @@ keys "z1" (next to the data) and "z2", so z is a dict of [S, B, *event] leaves; 
 priors return the same structure. A decoder reads one leaf, named by its `latent`
 argument. The priors of the two-layer families are unconditional: they take no
 context and `ImportanceWeightedAutoencoder` calls them as `prior()`.
+
+Inputs. Every layer takes unbatched inputs ([d]), flat batches ([N, d], e.g. the
+S * B latents of a step flattened) and sample-and-batch ones ([S, B, d]); a context
+([C], [N, C] or [B, C]) is broadcast over the leading axes of the input it joins.
+
+Saving. Every layer is registered as a Keras serializable ("mcobjectives>" + its class
+name): `get_config()` holds all its constructor arguments, so that
+`keras.saving.serialize_keras_object` / `deserialize_keras_object` and `.keras` files
+rebuild it, and every variable is an attribute path of the layer, so that
+`tf.train.Checkpoint` saves and restores all of them.
+
+Mixed precision. Under a "mixed_float16" or "mixed_bfloat16" policy the dense layers
+compute in the low precision (the inputs x, z and context are cast to the compute
+dtype on entry) while the variables, and the distributions returned, stay in float32:
+the locations, scales and logits are cast back before the distribution is made.
+Bernoulli latents stay int32.
 """
 
 from __future__ import annotations
@@ -103,10 +119,16 @@ def _concat_context(inputs: tf.Tensor, context: tf.Tensor | None) -> tf.Tensor:
     return tf.concat([inputs, context], axis=-1)
 
 
-def _build_head(head: keras.layers.Layer, input_size) -> None:
-    """Builds the MLP of a distribution layer for inputs of `input_size` features."""
-    with keras.name_scope(head.name):  # the variables' paths, as if built by a call
-        head.net.build((None, input_size))
+def _context_size(context_shape) -> int:
+    """The number of context features given the context's shape (0 without a context)."""
+    return 0 if context_shape is None else context_shape[-1]
+
+
+def _activation_config(activation):
+    """`activation` as a config value: its name, or Keras' serialization of a callable."""
+    if isinstance(activation, str):
+        return activation
+    return keras.activations.serialize(keras.activations.get(activation))
 
 
 def _refuse_context(layer: keras.layers.Layer, context) -> None:
@@ -118,25 +140,119 @@ def _refuse_context(layer: keras.layers.Layer, context) -> None:
         )
 
 
+def _refuse_raw_intensities(x) -> None:
+    """Raises a TypeError if x (a tensor or an array) is uint8, the dtype of raw pixels."""
+    try:
+        dtype = tf.as_dtype(x.dtype)
+    except (AttributeError, TypeError):  # a list, or no TF dtype: converted to float32
+        return
+    if dtype == tf.uint8:
+        raise TypeError(
+            "p(x|z) of a BernoulliDecoder: log_prob(x) got pixels x of dtype uint8, raw "
+            "intensities (0-255), but Bernoulli pixels must lie in [0, 1]. Pass "
+            "tf.cast(x, tf.float32) / 255, or binarize them (e.g. tf.cast(tf.random.uniform("
+            "tf.shape(x)) * 255 < tf.cast(x, tf.float32), tf.float32)); uint8 pixels that "
+            "are already 0/1 need only tf.cast(x, tf.float32)."
+        )
+
+
+def _checked_pixels(x: tf.Tensor) -> tf.Tensor:
+    """x, after a check that its pixels lie in [0, 1]: one reduce_min, one reduce_max.
+
+    Finite values outside [0, 1] fail a `tf.debugging.Assert`, at once eagerly or
+    when the graph runs. NaN and infinite pixels pass: they make the loss non-finite,
+    and `ImportanceWeightedAutoencoder` skips such a step (a corrupt pixel in one batch
+    should not stop a run that raw intensities must). XLA compiles assertions away:
+    under `jit_compile` only the static uint8 refusal remains.
+    """
+    _refuse_raw_intensities(x)
+    if x.dtype == tf.bool:
+        return x
+    if x.dtype.is_floating:
+        finite = tf.math.is_finite(x)
+        low = tf.reduce_min(tf.where(finite, x, tf.zeros_like(x)))
+        high = tf.reduce_max(tf.where(finite, x, tf.zeros_like(x)))
+    else:
+        low, high = tf.reduce_min(x), tf.reduce_max(x)
+    in_range = tf.logical_and(low >= 0, high <= 1)
+    needs = (
+        "p(x|z) of a BernoulliDecoder: log_prob(x) needs pixels x in [0, 1] (binary, or "
+        "probabilities), but the pixels of x range over"
+    )
+    fix = "scale raw intensities to [0, 1] (x / 255) or binarize them."
+    if tf.executing_eagerly():
+        if not in_range:
+            message = f"{needs} [{low.numpy()}, {high.numpy()}]: {fix}"
+            raise tf.errors.InvalidArgumentError(None, None, message)
+        return x
+    check = tf.debugging.Assert(in_range, [needs, "[min, max] =", low, high, ":", fix])
+    with tf.control_dependencies([check]):
+        return tf.identity(x)
+
+
+class _PixelBernoulli(tfd.Independent):
+    """Independent Bernoulli pixels whose log_prob refuses values of x outside [0, 1].
+
+    TFP's Bernoulli log_prob, x log p + (1 - x) log(1 - p), takes any real x: raw
+    intensities (0-255) give no likelihood at all, and a "bound" that can be positive.
+    This `tfd.Independent` refuses uint8 x (raw intensities) before TFP converts it,
+    checks the range of any other x (`_checked_pixels`) and returns TFP's log_prob
+    unchanged; `prob` and `unnormalized_log_prob` go through the same checks.
+    """
+
+    def log_prob(self, value, name="log_prob", **kwargs):
+        _refuse_raw_intensities(value)
+        return super().log_prob(value, name=name, **kwargs)
+
+    def prob(self, value, name="prob", **kwargs):
+        _refuse_raw_intensities(value)
+        return super().prob(value, name=name, **kwargs)
+
+    def unnormalized_log_prob(self, value, name="unnormalized_log_prob", **kwargs):
+        _refuse_raw_intensities(value)
+        return super().unnormalized_log_prob(value, name=name, **kwargs)
+
+    def _log_prob(self, x, **kwargs):
+        return super()._log_prob(_checked_pixels(x), **kwargs)
+
+    def _unnormalized_log_prob(self, x, **kwargs):
+        return super()._unnormalized_log_prob(_checked_pixels(x), **kwargs)
+
+
 class _MLP(keras.layers.Layer):
-    """Dense layers with `activation`, then a linear output layer of `output_size` units."""
+    """Dense layers with `activation`, then a linear output layer of `output_size` units.
+
+    The hidden layers are the attributes `hidden_0`, `hidden_1`, ... (`hidden` lists
+    them): TF's object graph, which `tf.train.Checkpoint` saves, follows attributes but
+    not the lists Keras tracks, whose layers a checkpoint would silently leave out.
+    """
 
     def __init__(
         self,
         hidden_units: Sequence[int],
         output_size: int,
-        activation: str,
+        activation,
         output_bias_initializer="zeros",
-        name: str | None = None,
+        **kwargs,
     ):
-        super().__init__(name=name)
-        self.hidden = [
-            keras.layers.Dense(h, activation=activation, name=f"hidden_{i}")
-            for i, h in enumerate(_hidden_units(hidden_units))
-        ]
+        super().__init__(**kwargs)
+        self.hidden_units = _hidden_units(hidden_units)
+        for i, units in enumerate(self.hidden_units):
+            layer = keras.layers.Dense(
+                units, activation=activation, name=f"hidden_{i}", dtype=self.dtype_policy
+            )
+            setattr(self, f"hidden_{i}", layer)
         self.output_layer = keras.layers.Dense(
-            output_size, bias_initializer=output_bias_initializer, name="output"
+            output_size,
+            bias_initializer=output_bias_initializer,
+            name="output",
+            dtype=self.dtype_policy,
         )
+
+    @property
+    def hidden(self) -> list[keras.layers.Dense]:
+        """The hidden Dense layers, first to last."""
+        return [getattr(self, f"hidden_{i}") for i in range(len(self.hidden_units))]
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -157,34 +273,58 @@ class _MLP(keras.layers.Layer):
 class _DiagonalGaussian(keras.layers.Layer):
     """N(mu(h), diag(sigma(h)^2)) with [mu, sigma_raw] = MLP(h), sigma = softplus + floor."""
 
-    def __init__(self, latent_size, hidden_units, activation, min_scale, name):
-        super().__init__(name=name)
+    def __init__(self, latent_size, hidden_units, activation, min_scale, **kwargs):
+        super().__init__(**kwargs)
         self.latent_size = _checks.check_count("latent_size", latent_size)
+        self.hidden_units = _hidden_units(hidden_units)
+        self.activation = activation
         self.min_scale = float(min_scale)
-        self.net = _MLP(hidden_units, 2 * self.latent_size, activation, name="mlp")
+        self.net = _MLP(
+            self.hidden_units, 2 * self.latent_size, activation, name="mlp", dtype=self.dtype_policy
+        )
+
+    def build(self, input_shape):
+        self.net.build((None, input_shape[-1]))
 
     def _distribution(self, inputs: tf.Tensor) -> tfd.Distribution:
-        loc, raw_scale = tf.split(self.net(tf.cast(inputs, self.compute_dtype)), 2, axis=-1)
+        outputs = self.net(tf.cast(inputs, self.compute_dtype))
+        # The distribution in the variables' dtype: float32 under mixed precision.
+        loc, raw_scale = tf.split(tf.cast(outputs, self.variable_dtype), 2, axis=-1)
         scale = tf.nn.softplus(raw_scale) + self.min_scale
         return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
 
     def call(self, inputs: tf.Tensor) -> tfd.Distribution:
         return self._distribution(inputs)
 
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "latent_size": self.latent_size,
+            "hidden_units": self.hidden_units,
+            "activation": _activation_config(self.activation),
+            "min_scale": self.min_scale,
+        }
+
 
 class _IndependentBernoulli(keras.layers.Layer):
     """prod_i Bernoulli(sigmoid(logit_i(h))), logits = MLP(h), in TFP's default int32 dtype."""
 
-    def __init__(self, latent_size, hidden_units, activation, name):
-        super().__init__(name=name)
+    def __init__(self, latent_size, hidden_units, activation, **kwargs):
+        super().__init__(**kwargs)
         self.latent_size = _checks.check_count("latent_size", latent_size)
-        self.net = _MLP(hidden_units, self.latent_size, activation, name="mlp")
+        self.net = _MLP(
+            hidden_units, self.latent_size, activation, name="mlp", dtype=self.dtype_policy
+        )
+
+    def build(self, input_shape):
+        self.net.build((None, input_shape[-1]))
 
     def call(self, inputs: tf.Tensor) -> tfd.Distribution:
-        logits = self.net(tf.cast(inputs, self.compute_dtype))
+        logits = tf.cast(self.net(tf.cast(inputs, self.compute_dtype)), self.variable_dtype)
         return tfd.Independent(tfd.Bernoulli(logits=logits), reinterpreted_batch_ndims=1)
 
 
+@keras.saving.register_keras_serializable(package="mcobjectives")
 class GaussianEncoder(_DiagonalGaussian):
     """q(z|x) = N(mu(x), diag(sigma(x)^2)) from an MLP; with a context, q(z|x, c).
 
@@ -195,6 +335,7 @@ class GaussianEncoder(_DiagonalGaussian):
       hidden_units: widths of the hidden layers ((200, 200) in Burda et al.).
       activation: the hidden units' activation ("tanh" in Burda et al.).
       min_scale: a floor on sigma, for numerical safety.
+      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(
@@ -204,13 +345,18 @@ class GaussianEncoder(_DiagonalGaussian):
         activation: str = "tanh",
         min_scale: float = 1e-4,
         name: str = "encoder",
+        **kwargs,
     ):
-        super().__init__(latent_size, hidden_units, activation, min_scale, name)
+        super().__init__(latent_size, hidden_units, activation, min_scale, name=name, **kwargs)
+
+    def build(self, x_shape, context_shape=None):
+        self.net.build((None, x_shape[-1] + _context_size(context_shape)))
 
     def call(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
         return self._distribution(_concat_context(tf.cast(x, self.compute_dtype), context))
 
 
+@keras.saving.register_keras_serializable(package="mcobjectives")
 class GaussianPrior(_DiagonalGaussian):
     """A conditional prior p(z|c) = N(mu(c), diag(sigma(c)^2)) from an MLP of the context.
 
@@ -225,13 +371,15 @@ class GaussianPrior(_DiagonalGaussian):
         activation: str = "tanh",
         min_scale: float = 1e-4,
         name: str = "prior",
+        **kwargs,
     ):
-        super().__init__(latent_size, hidden_units, activation, min_scale, name)
+        super().__init__(latent_size, hidden_units, activation, min_scale, name=name, **kwargs)
 
     def call(self, context: tf.Tensor) -> tfd.Distribution:
         return self._distribution(context)
 
 
+@keras.saving.register_keras_serializable(package="mcobjectives")
 class TwoLayerGaussianEncoder(keras.layers.Layer):
     """q(z1, z2|x) = q(z1|x) q(z2|z1), diagonal Gaussians: Burda et al.'s two-layer encoder.
 
@@ -253,6 +401,7 @@ class TwoLayerGaussianEncoder(keras.layers.Layer):
         ((200, 200), (100, 100)) in Burda et al.
       activation: the hidden units' activation ("tanh" in Burda et al.).
       min_scale: a floor on sigma, for numerical safety.
+      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(
@@ -262,31 +411,54 @@ class TwoLayerGaussianEncoder(keras.layers.Layer):
         activation: str = "tanh",
         min_scale: float = 1e-4,
         name: str = "encoder",
+        **kwargs,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         self.latent_sizes = _latent_sizes(latent_sizes, (2,))
         self.hidden_units = _hidden_pair(hidden_units)
+        self.activation = activation
+        self.min_scale = float(min_scale)
         self.q_z1 = _DiagonalGaussian(
-            self.latent_sizes[0], self.hidden_units[0], activation, min_scale, name="q_z1"
+            self.latent_sizes[0],
+            self.hidden_units[0],
+            activation,
+            self.min_scale,
+            name="q_z1",
+            dtype=self.dtype_policy,
         )
         self.q_z2 = _DiagonalGaussian(
-            self.latent_sizes[1], self.hidden_units[1], activation, min_scale, name="q_z2"
+            self.latent_sizes[1],
+            self.hidden_units[1],
+            activation,
+            self.min_scale,
+            name="q_z2",
+            dtype=self.dtype_policy,
         )
 
     def build(self, x_shape, context_shape=None):
-        context_size = 0 if context_shape is None else context_shape[-1]
-        _build_head(self.q_z1, x_shape[-1] + context_size)
-        _build_head(self.q_z2, self.latent_sizes[0] + context_size)
+        context_size = _context_size(context_shape)
+        self.q_z1.build((None, x_shape[-1] + context_size))
+        self.q_z2.build((None, self.latent_sizes[0] + context_size))
 
     def call(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.JointDistribution:
         q_z1 = self.q_z1(_concat_context(tf.cast(x, self.compute_dtype), context))
 
         def q_z2(z1):
-            return self.q_z2(_concat_context(z1, context))
+            return self.q_z2(_concat_context(tf.cast(z1, self.compute_dtype), context))
 
         return tfd.JointDistributionNamed({"z1": q_z1, "z2": q_z2})
 
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "latent_sizes": self.latent_sizes,
+            "hidden_units": self.hidden_units,
+            "activation": _activation_config(self.activation),
+            "min_scale": self.min_scale,
+        }
 
+
+@keras.saving.register_keras_serializable(package="mcobjectives")
 class TwoLayerGaussianPrior(keras.layers.Layer):
     """p(z1, z2) = p(z2) p(z1|z2): Burda et al.'s two-layer prior, with a trainable conditional.
 
@@ -304,6 +476,7 @@ class TwoLayerGaussianPrior(keras.layers.Layer):
       hidden_units: hidden widths of p(z1|z2); (100, 100) in Burda et al.
       activation: the hidden units' activation ("tanh" in Burda et al.).
       min_scale: a floor on sigma, for numerical safety.
+      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(
@@ -313,21 +486,29 @@ class TwoLayerGaussianPrior(keras.layers.Layer):
         activation: str = "tanh",
         min_scale: float = 1e-4,
         name: str = "prior",
+        **kwargs,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         self.latent_sizes = _latent_sizes(latent_sizes, (2,))
         self.hidden_units = _hidden_units(hidden_units)
+        self.activation = activation
+        self.min_scale = float(min_scale)
         self.p_z1 = _DiagonalGaussian(
-            self.latent_sizes[0], self.hidden_units, activation, min_scale, name="p_z1"
+            self.latent_sizes[0],
+            self.hidden_units,
+            activation,
+            self.min_scale,
+            name="p_z1",
+            dtype=self.dtype_policy,
         )
 
     def build(self, input_shape=None):
         del input_shape  # no input: the conditional reads z2
-        _build_head(self.p_z1, self.latent_sizes[1])
+        self.p_z1.build((None, self.latent_sizes[1]))
 
     def call(self, context: tf.Tensor | None = None) -> tfd.JointDistribution:
         _refuse_context(self, context)
-        zeros = tf.zeros([self.latent_sizes[1]], self.compute_dtype)
+        zeros = tf.zeros([self.latent_sizes[1]], self.variable_dtype)
         p_z2 = tfd.Independent(tfd.Normal(zeros, tf.ones_like(zeros)), reinterpreted_batch_ndims=1)
 
         def p_z1(z2):
@@ -335,7 +516,17 @@ class TwoLayerGaussianPrior(keras.layers.Layer):
 
         return tfd.JointDistributionNamed({"z2": p_z2, "z1": p_z1})
 
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "latent_sizes": self.latent_sizes,
+            "hidden_units": self.hidden_units,
+            "activation": _activation_config(self.activation),
+            "min_scale": self.min_scale,
+        }
 
+
+@keras.saving.register_keras_serializable(package="mcobjectives")
 class SigmoidBeliefEncoder(keras.layers.Layer):
     """q(z1|x) q(z2|z1) of a sigmoid belief net: independent Bernoullis in int32.
 
@@ -359,6 +550,7 @@ class SigmoidBeliefEncoder(keras.layers.Layer):
       latent_sizes: binary units per layer, z1 first: (200, 200), or (200,) for one.
       hidden_units: hidden widths of every conditional's MLP; () for linear-sigmoid.
       activation: the hidden units' activation, when there are hidden units.
+      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(
@@ -367,24 +559,34 @@ class SigmoidBeliefEncoder(keras.layers.Layer):
         hidden_units: Sequence[int] = (),
         activation: str = "tanh",
         name: str = "encoder",
+        **kwargs,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         self.latent_sizes = _latent_sizes(latent_sizes, (1, 2))
         self.hidden_units = _hidden_units(hidden_units)
+        self.activation = activation
         self.q_z1 = _IndependentBernoulli(
-            self.latent_sizes[0], self.hidden_units, activation, name="q_z1"
+            self.latent_sizes[0],
+            self.hidden_units,
+            activation,
+            name="q_z1",
+            dtype=self.dtype_policy,
         )
         self.q_z2 = None
         if len(self.latent_sizes) == 2:
             self.q_z2 = _IndependentBernoulli(
-                self.latent_sizes[1], self.hidden_units, activation, name="q_z2"
+                self.latent_sizes[1],
+                self.hidden_units,
+                activation,
+                name="q_z2",
+                dtype=self.dtype_policy,
             )
 
     def build(self, x_shape, context_shape=None):
-        context_size = 0 if context_shape is None else context_shape[-1]
-        _build_head(self.q_z1, x_shape[-1] + context_size)
+        context_size = _context_size(context_shape)
+        self.q_z1.build((None, x_shape[-1] + context_size))
         if self.q_z2 is not None:
-            _build_head(self.q_z2, self.latent_sizes[0] + context_size)
+            self.q_z2.build((None, self.latent_sizes[0] + context_size))
 
     def call(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.JointDistribution:
         model = {"z1": self.q_z1(_concat_context(tf.cast(x, self.compute_dtype), context))}
@@ -396,7 +598,16 @@ class SigmoidBeliefEncoder(keras.layers.Layer):
             model["z2"] = q_z2
         return tfd.JointDistributionNamed(model)
 
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "latent_sizes": self.latent_sizes,
+            "hidden_units": self.hidden_units,
+            "activation": _activation_config(self.activation),
+        }
 
+
+@keras.saving.register_keras_serializable(package="mcobjectives")
 class SigmoidBeliefPrior(keras.layers.Layer):
     """p(z2) p(z1|z2) of a sigmoid belief net, with learnable top-layer logits.
 
@@ -412,6 +623,7 @@ class SigmoidBeliefPrior(keras.layers.Layer):
       latent_sizes: binary units per layer, z1 first: (200, 200), or (200,) for one.
       hidden_units: hidden widths of p(z1|z2)'s MLP; () for linear-sigmoid.
       activation: the hidden units' activation, when there are hidden units.
+      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(
@@ -420,23 +632,30 @@ class SigmoidBeliefPrior(keras.layers.Layer):
         hidden_units: Sequence[int] = (),
         activation: str = "tanh",
         name: str = "prior",
+        **kwargs,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         self.latent_sizes = _latent_sizes(latent_sizes, (1, 2))
         self.hidden_units = _hidden_units(hidden_units)
+        self.activation = activation
         self.p_z1 = None
         if len(self.latent_sizes) == 2:
             self.p_z1 = _IndependentBernoulli(
-                self.latent_sizes[0], self.hidden_units, activation, name="p_z1"
+                self.latent_sizes[0],
+                self.hidden_units,
+                activation,
+                name="p_z1",
+                dtype=self.dtype_policy,
             )
 
     def build(self, input_shape=None):
         del input_shape  # no input: the top layer has free logits
+        # Not autocast: the logits are read in float32 under mixed precision too.
         self.top_logits = self.add_weight(
-            shape=(self.latent_sizes[-1],), initializer="zeros", name="top_logits"
+            shape=(self.latent_sizes[-1],), initializer="zeros", autocast=False, name="top_logits"
         )
         if self.p_z1 is not None:
-            _build_head(self.p_z1, self.latent_sizes[1])
+            self.p_z1.build((None, self.latent_sizes[1]))
 
     def call(self, context: tf.Tensor | None = None) -> tfd.JointDistribution:
         _refuse_context(self, context)
@@ -452,7 +671,16 @@ class SigmoidBeliefPrior(keras.layers.Layer):
 
         return tfd.JointDistributionNamed({"z2": top, "z1": p_z1})
 
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "latent_sizes": self.latent_sizes,
+            "hidden_units": self.hidden_units,
+            "activation": _activation_config(self.activation),
+        }
 
+
+@keras.saving.register_keras_serializable(package="mcobjectives")
 class BernoulliDecoder(keras.layers.Layer):
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logit_i(z))) from an MLP; with a context, p(x|z, c).
 
@@ -460,6 +688,14 @@ class BernoulliDecoder(keras.layers.Layer):
     the leaf the decoder reads: `latent="z1"` for the two-layer models, whose p(x|z1)
     depends on the layer next to the data only. Discrete (integer) latents are cast to
     the layer's float dtype.
+
+    Pixels. The returned distribution (a `tfd.Independent` of a float `tfd.Bernoulli`)
+    is a likelihood only for x in [0, 1]: binary pixels (e.g. dynamically binarized) or
+    probabilities. Its `log_prob(x)` is TFP's, after a check of x: uint8 x (raw
+    intensities, 0-255) is refused when traced, with a TypeError; any other x (float,
+    or integer or bool 0/1 such as Bernoulli draws) with a pixel outside [0, 1] fails
+    a `tf.debugging.Assert` naming the range found. XLA compiles that assertion away,
+    so under `jit_compile` only the dtype check remains.
 
     Args:
       event_size: the number of pixels (784 for MNIST).
@@ -471,6 +707,7 @@ class BernoulliDecoder(keras.layers.Layer):
         already predicts the average image.
       latent: None if z is a single tensor; else the key (or index) of the leaf of z
         to read.
+      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(
@@ -478,25 +715,43 @@ class BernoulliDecoder(keras.layers.Layer):
         event_size: int,
         hidden_units: Sequence[int] = (200, 200),
         activation: str = "tanh",
-        mean_pixel: np.ndarray | None = None,
+        mean_pixel: np.ndarray | Sequence[float] | None = None,
         latent: str | int | None = None,
         name: str = "decoder",
+        **kwargs,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, **kwargs)
         self.event_size = _checks.check_count("event_size", event_size)
         if latent is not None and (isinstance(latent, bool) or not isinstance(latent, (str, int))):
             raise TypeError(f"`latent` must be None, a key or an index, got {latent!r}.")
         self.latent = latent
+        self.hidden_units = _hidden_units(hidden_units)
+        self.activation = activation
+        self._mean_pixel = None
         bias = "zeros"
         if mean_pixel is not None:
-            mean_pixel = np.asarray(mean_pixel, np.float64)
+            mean_pixel = np.array(mean_pixel, np.float64)
             if mean_pixel.shape != (self.event_size,):
                 raise ValueError(
                     f"`mean_pixel` must have shape ({self.event_size},), got {mean_pixel.shape}."
                 )
+            mean_pixel.flags.writeable = False
+            self._mean_pixel = mean_pixel
             clipped = np.clip(mean_pixel, 1e-3, 1 - 1e-3)
             bias = keras.initializers.Constant(np.log(clipped) - np.log1p(-clipped))
-        self.net = _MLP(hidden_units, self.event_size, activation, bias, name="mlp")
+        self.net = _MLP(
+            self.hidden_units,
+            self.event_size,
+            activation,
+            bias,
+            name="mlp",
+            dtype=self.dtype_policy,
+        )
+
+    @property
+    def mean_pixel(self) -> np.ndarray | None:
+        """The mean intensities the output bias started from (read-only), or None."""
+        return self._mean_pixel
 
     def _leaf(self, z):
         if self.latent is None:
@@ -526,9 +781,24 @@ class BernoulliDecoder(keras.layers.Layer):
         # The leaf is picked before Keras sees the input, so Keras builds the layer for it.
         return super().__call__(self._leaf(z), *args, **kwargs)
 
+    def build(self, z_shape, context_shape=None):
+        self.net.build((None, z_shape[-1] + _context_size(context_shape)))
+
     def call(self, z: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
         z = tf.cast(z, self.compute_dtype)  # the leaf `latent` names; binary latents too
         logits = self.net(_concat_context(z, context))
-        return tfd.Independent(
+        logits = tf.cast(logits, self.variable_dtype)  # float32 under mixed precision
+        return _PixelBernoulli(
             tfd.Bernoulli(logits=logits, dtype=logits.dtype), reinterpreted_batch_ndims=1
         )
+
+    def get_config(self) -> dict:
+        mean_pixel = None if self._mean_pixel is None else self._mean_pixel.tolist()
+        return {
+            **super().get_config(),
+            "event_size": self.event_size,
+            "hidden_units": self.hidden_units,
+            "activation": _activation_config(self.activation),
+            "mean_pixel": mean_pixel,
+            "latent": self.latent,
+        }

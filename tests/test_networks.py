@@ -5,6 +5,11 @@ of the default two-layer and sigmoid-belief-net layers; the decoders' `latent`; 
 the two-layer prior's conditional p(z1|z2) is trained; and that the SBN's int32 q is
 refused, naming the leaf, by an objective that differentiates through z. Data: the
 first images of the bundled MNIST subset (real digits), binarized with a fixed seed.
+
+Also: every layer on flat ([N, d]), sample-and-batch ([S, B, d]) and unbatched ([d])
+inputs; the mixed_float16 and mixed_bfloat16 policies (low-precision dense layers,
+float32 distributions); and the decoder's refusal of pixels outside [0, 1]. Saving
+and checkpoints are in test_network_saving.py.
 """
 
 from __future__ import annotations
@@ -331,3 +336,239 @@ def test_bad_hidden_units():
         networks.SigmoidBeliefEncoder(hidden_units=(0,))
     with pytest.raises(TypeError, match="hidden_units"):
         networks.TwoLayerGaussianPrior(hidden_units=100)
+
+
+# --- flat, sample-and-batch and unbatched inputs --------------------------------------------
+
+C = 5  # context features
+
+
+def _context(n):
+    return tf.constant(np.random.default_rng(1).random([n, C]), tf.float32)
+
+
+def _flat(tensor):
+    return tf.reshape(tensor, [S * B, *tensor.shape[2:]])
+
+
+def test_encoders_take_flat_sample_and_batch_and_unbatched_inputs():
+    """q(z|x, c) on x [S * B, d] with c [S * B, C] is q on x [S, B, d] with c [B, C]
+    (broadcast), flattened; an unbatched x [d] with c [C] has batch shape []."""
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.random([S, B, 784]) < 0.5, tf.float32)
+    context = _context(B)
+    tiled = tf.tile(context, [S, 1])  # [S * B, C], as the flattened x
+    for encoder in (
+        networks.GaussianEncoder(4, (16,)),
+        networks.TwoLayerGaussianEncoder((4, 3), ((16,), (8,))),
+        networks.SigmoidBeliefEncoder((6, 3)),
+    ):
+        q_flat, q_3d = encoder(_flat(x), tiled), encoder(x, context)
+        batch = tf.nest.flatten(q_flat.batch_shape)
+        assert all(shape == [S * B] for shape in batch), encoder.name
+        z = sampling.sample(q_flat, 2, SEED)  # leaves [2, S * B, d]
+        z_3d = tf.nest.map_structure(lambda t: tf.reshape(t, [2, S, B, *t.shape[2:]]), z)
+        np.testing.assert_allclose(
+            tf.reshape(q_flat.log_prob(z), [2, S, B]), q_3d.log_prob(z_3d), rtol=1e-6
+        )
+        q_one = encoder(x[0, 0], context[0])
+        assert all(shape == [] for shape in tf.nest.flatten(q_one.batch_shape))
+        assert q_one.log_prob(tf.nest.map_structure(lambda t: t[0, 0], z)).shape == ()
+
+
+def test_decoders_and_priors_take_flat_latents():
+    """p(x|z, c) on z [S * B, d] with the context tiled to [S * B, C] is p(x|z, c) on
+    z [S, B, d] with c [B, C], flattened; the priors score flat z as [S * B]."""
+    decoder = networks.BernoulliDecoder(784, (16,), mean_pixel=MEAN_PIXEL, latent="z1")
+    z1 = tf.random.stateless_normal([S, B, 4], [1, 2])
+    context = _context(B)
+    x = tf.constant(X[:B])
+    p_flat = decoder({"z1": _flat(z1)}, tf.tile(context, [S, 1]))
+    assert p_flat.batch_shape == [S * B] and p_flat.event_shape == [784]
+    np.testing.assert_allclose(
+        tf.reshape(p_flat.log_prob(tf.tile(x, [S, 1])), [S, B]),
+        decoder({"z1": z1}, context).log_prob(x),
+        rtol=1e-6,
+    )
+    assert decoder({"z1": z1[0, 0]}, context[0]).batch_shape == []
+    gaussian = networks.GaussianPrior(4, (16,))
+    assert gaussian(tf.tile(context, [S, 1])).log_prob(_flat(z1)).shape == (S * B,)
+    z = {"z1": _flat(z1), "z2": tf.random.stateless_normal([S * B, 3], [3, 4])}
+    assert networks.TwoLayerGaussianPrior((4, 3), (8,))().log_prob(z).shape == (S * B,)
+    bits = {"z1": tf.ones([S * B, 6], tf.int32), "z2": tf.zeros([S * B, 3], tf.int32)}
+    assert networks.SigmoidBeliefPrior((6, 3))().log_prob(bits).shape == (S * B,)
+
+
+def test_a_decoder_traced_for_any_number_of_flat_latents(mode):
+    """Under tf.function (and XLA) with a dynamic leading axis: z [None, d]."""
+    decoder = networks.BernoulliDecoder(784, (16,))
+    x = tf.constant(X[:B])
+
+    def log_likelihood(z):
+        return decoder(z).log_prob(tf.tile(x, [tf.shape(z)[0] // B, 1]))
+
+    if mode != "eager":
+        signature = [tf.TensorSpec([None, 4], tf.float32)]
+        log_likelihood = tf.function(
+            log_likelihood, input_signature=signature, jit_compile=mode == "xla"
+        )
+    for n in (B, S * B):
+        assert log_likelihood(tf.zeros([n, 4])).shape == (n,)
+
+
+# --- mixed precision ------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["mixed_float16", "mixed_bfloat16"])
+def low_precision(request):
+    """The low compute dtype of a mixed policy, set globally for the test, then restored."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(request.param)
+    try:
+        yield keras.mixed_precision.global_policy().compute_dtype
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _mlps(layer) -> list:
+    return [sub for sub in layer._flatten_layers() if isinstance(sub, networks._MLP)]
+
+
+def test_networks_compute_in_low_precision_and_return_float32_distributions(low_precision):
+    """Dense layers in float16 / bfloat16 over float32 variables; inputs of any float dtype
+    cast on entry; distributions, draws and log_probs in float32 (latents of the SBN int32)."""
+    x64 = tf.constant(X[:B], tf.float64)
+    context = tf.cast(_context(B), low_precision)
+    seed = tf.constant([7, 8])
+    layers = {
+        "q": networks.GaussianEncoder(4, (16,)),
+        "p": networks.GaussianPrior(4, (16,)),
+        "q2": networks.TwoLayerGaussianEncoder((4, 3), ((16,), (8,))),
+        "p2": networks.TwoLayerGaussianPrior((4, 3), (8,)),
+        "q_sbn": networks.SigmoidBeliefEncoder((6, 3), (8,)),
+        "p_sbn": networks.SigmoidBeliefPrior((6, 3), (8,)),
+    }
+    distributions = {
+        "q": layers["q"](x64, context),
+        "p": layers["p"](context),
+        "q2": layers["q2"](x64, context),
+        "p2": layers["p2"](),
+        "q_sbn": layers["q_sbn"](x64),
+        "p_sbn": layers["p_sbn"](),
+    }
+    latents = {}
+    for name, d in distributions.items():
+        z = d.sample(S, seed=seed)
+        latents[name] = z
+        expected = tf.int32 if "sbn" in name else tf.float32
+        assert all(t == expected for t in tf.nest.flatten(d.dtype)), name
+        assert all(t.dtype == expected for t in tf.nest.flatten(z)), name
+        log_prob = d.log_prob(z)
+        assert log_prob.dtype == tf.float32 and np.all(np.isfinite(log_prob)), name
+    decoder = networks.BernoulliDecoder(784, (16,), latent="z1")
+    p_x = decoder(latents["q_sbn"], context)  # int32 latents cast to the compute dtype
+    assert p_x.dtype == tf.float32 and p_x.distribution.logits.dtype == tf.float32
+    log_p_x = p_x.log_prob(tf.constant(X[:B]))
+    assert log_p_x.dtype == tf.float32 and np.all(np.isfinite(log_p_x))
+    layers["decoder"] = decoder
+    for name, layer in layers.items():
+        assert all(v.dtype == "float32" for v in layer.weights), name
+        for mlp in _mlps(layer):
+            assert mlp.compute_dtype == low_precision, name
+            first = (mlp.hidden or [mlp.output_layer])[0]
+            hidden = first(tf.zeros([2, first.kernel.shape[0]]))
+            assert hidden.dtype == low_precision, name  # the matmul ran in low precision
+            assert mlp(tf.zeros([2, first.kernel.shape[0]])).dtype == low_precision, name
+
+
+def test_a_deserialized_network_keeps_its_mixed_policy(low_precision):
+    encoder = networks.GaussianEncoder(4, (16,))
+    keras.mixed_precision.set_global_policy("float32")
+    copy = networks.GaussianEncoder.from_config(encoder.get_config())
+    assert copy.compute_dtype == low_precision
+    assert copy.net.hidden[0].compute_dtype == low_precision
+    assert copy(tf.constant(X[:B])).dtype == tf.float32
+
+
+# --- the decoder's pixels ---------------------------------------------------------------------
+
+
+def _decoder_and_logits():
+    decoder = networks.BernoulliDecoder(784, (16,), mean_pixel=MEAN_PIXEL)
+    z = tf.random.stateless_normal([S, B, 4], [1, 2])
+    return decoder, z, decoder(z).distribution.logits
+
+
+def test_decoder_log_prob_is_tfp_bernoulli_log_prob_for_pixels_in_the_unit_interval(mode):
+    """Binary pixels and probabilities (x in [0, 1]): the log_prob of TFP's Bernoulli of
+    the same logits, exactly, in every mode (XLA drops the range assertion); prob too."""
+    decoder, z, _ = _decoder_and_logits()
+    probabilities = np.random.default_rng(3).random([B, 784]).astype(np.float32)
+
+    def both(z, x):
+        p = decoder(z)
+        tfp_bernoulli = tfd.Independent(
+            tfd.Bernoulli(logits=p.distribution.logits, dtype=x.dtype), 1
+        )
+        return p.log_prob(x), tfp_bernoulli.log_prob(x), p.prob(x), tfp_bernoulli.prob(x)
+
+    for x in (tf.constant(X[:B]), tf.constant(probabilities)):
+        log_prob, expected, prob, expected_prob = in_mode(both, mode)(z, x)
+        assert log_prob.shape == (S, B)
+        np.testing.assert_array_equal(log_prob, expected)
+        np.testing.assert_array_equal(prob, expected_prob)
+
+
+@pytest.mark.parametrize("bad", [255.0, 1.5, -0.5])
+def test_decoder_refuses_float_pixels_outside_the_unit_interval(bad):
+    """Eagerly and in a tf.function: an assertion naming the range found and the fix."""
+    decoder, z, _ = _decoder_and_logits()
+    x = X[:B].copy()
+    x[1, 100] = bad
+    message = r"pixels x in \[0, 1\].*range over.*x / 255"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        decoder(z).log_prob(x)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        tf.function(lambda z, x: decoder(z).prob(x))(z, tf.constant(x))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_decoder_lets_a_non_finite_pixel_through_to_a_non_finite_log_prob(bad):
+    """A corrupt pixel is no range error: the log-prob is non-finite, and the model skips
+    such a step (tests/test_keras_model.py)."""
+    decoder, z, _ = _decoder_and_logits()
+    x = X[:B].copy()
+    x[1, 100] = bad
+    log_prob = decoder(z).log_prob(x).numpy()
+    assert not np.isfinite(log_prob[:, 1]).any()
+    assert np.isfinite(np.delete(log_prob, 1, axis=-1)).all()
+
+
+def test_decoder_pixel_error_names_the_range_found():
+    decoder, z, _ = _decoder_and_logits()
+    raw = X[:B] * 255.0
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"range over \[0.0, 255.0\]"):
+        decoder(z).log_prob(raw)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[min, max\] =\] \[0\] \[255\]"):
+        tf.function(lambda z, x: decoder(z).log_prob(x))(z, tf.constant(raw))
+
+
+def test_decoder_refuses_uint8_pixels_with_a_type_error(mode):
+    """uint8, the dtype of raw intensities, is refused statically, under XLA too."""
+    decoder, z, _ = _decoder_and_logits()
+    raw = (X[:B] * 255).astype(np.uint8)
+    for x in (raw, tf.constant(raw), raw[0, 0]):
+        with pytest.raises(TypeError, match=r"dtype uint8.*tf.cast\(x, tf.float32\) / 255"):
+            in_mode(lambda z, x: decoder(z).log_prob(x), mode)(z, x)
+
+
+def test_decoder_takes_integer_and_boolean_binary_pixels():
+    """int32 (e.g. Bernoulli draws) and bool 0/1 pixels score as the same float pixels;
+    integers outside {0, 1} are refused as floats are."""
+    decoder, z, _ = _decoder_and_logits()
+    p = decoder(z)
+    expected = p.log_prob(X[:B])
+    for dtype in (tf.int32, tf.int64, tf.bool):
+        np.testing.assert_array_equal(p.log_prob(tf.cast(X[:B], dtype)), expected)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"pixels x in \[0, 1\]"):
+        p.log_prob(tf.cast(X[:B] * 255, tf.int32))
