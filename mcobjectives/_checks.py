@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import re
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -12,8 +13,13 @@ import tensorflow_probability as tfp
 tfd = tfp.distributions
 
 __all__ = [
+    "MAX_DIMENSION",
+    "batch_size_assertion",
+    "call_log_joint",
     "check_count",
     "check_distribution",
+    "check_float_dtypes",
+    "check_is_distribution",
     "check_log_joint",
     "check_log_joint_output",
     "check_seed",
@@ -21,11 +27,15 @@ __all__ = [
     "is_joint",
     "leaf_names",
     "log_prob",
+    "with_assertion",
 ]
 
+# The largest number of samples along one axis: shapes are int32 tensors.
+MAX_DIMENSION = 2**31 - 1
 
-def check_count(name: str, value, minimum: int = 1) -> int:
-    """Returns `value` as an int, or raises if it is not an integer >= `minimum`."""
+
+def check_count(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    """Returns `value` as an int, or raises if it is not an integer in [minimum, maximum]."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
             f"`{name}` must be a Python int >= {minimum}, got {value!r} of type "
@@ -33,6 +43,11 @@ def check_count(name: str, value, minimum: int = 1) -> int:
         )
     if value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}, got {value}.")
+    if maximum is not None and value > maximum:
+        bound = (
+            "2**31 - 1, the largest size of a tensor axis" if maximum == MAX_DIMENSION else maximum
+        )
+        raise ValueError(f"`{name}` must be at most {bound}; got {value}.")
     return int(value)
 
 
@@ -85,21 +100,82 @@ def _per_leaf(values: list, num_leaves: int) -> list:
     return values * num_leaves if len(values) == 1 else values
 
 
-def check_distribution(q, *, objective: str, needs_reparameterization: bool) -> None:
+_EMPTY_BATCH = (
+    "{what} has batch size 0: {objective} averages over the data points of the batch, "
+    "and the mean of none is NaN. Skip empty batches (e.g. batch a data set with "
+    "drop_remainder=True, or filter out batches of size 0)."
+)
+
+
+def _what(q) -> str:
+    return f"`q` ({q.name})" if not is_joint(q) else "`q`"
+
+
+def check_is_distribution(q) -> None:
+    """Checks that `q` is a TFP distribution (an instance, not a class)."""
+    if isinstance(q, tfd.Distribution):
+        return
+    if isinstance(q, type):
+        got = f"the class {q.__name__} itself (a type), not a distribution built from it"
+    else:
+        got = type(q).__name__
+    raise TypeError(
+        f"`q` must be a tfp.distributions.Distribution, got {got}; build q(z|x) from the "
+        "encoder's outputs, e.g. tfd.Independent(tfd.Normal(loc, scale), "
+        "reinterpreted_batch_ndims=1), or a tfd.JointDistribution* for structured latents."
+    )
+
+
+def check_float_dtypes(q) -> None:
+    """Refuses a q whose continuous leaves are not float32 or float64 (float16, bfloat16)."""
+    for n, d in zip(leaf_names(q), tf.nest.flatten(q.dtype), strict=True):
+        if d.is_floating and d not in (tf.float32, tf.float64):
+            leaf = f"Leaf '{n}' of `q`" if is_joint(q) else f"`q` ({q.name})"
+            raise TypeError(
+                f"{leaf} has dtype {d.name}; mcobjectives samples and scores q in float32 "
+                "or float64. Under mixed precision the networks compute in float16 (or "
+                "bfloat16) but must emit float32 distributions (e.g. the encoder's last layer with "
+                "dtype='float32', or tf.cast its outputs to tf.float32 before building q): "
+                "samples and log-probs stay float32."
+            )
+
+
+def batch_size_assertion(q, objective: str, z):
+    """A run-time check that q's batch is not empty, where its size is not static.
+
+    `check_distribution` refuses a batch of static size 0; a batch whose size is known
+    only at run time (a `tf.function` traced for a dynamic batch) gets this assertion on
+    the samples z (leaves [S, B, ...]), or None when there is nothing to check. (Under
+    XLA TensorFlow drops assertions.)
+    """
+    shapes = _flat_shapes(q.batch_shape)
+    if any(s.rank == 1 and s[0] is not None for s in shapes):
+        return None
+    size = tf.shape(tf.nest.flatten(z)[0])[1]
+    return tf.debugging.assert_positive(
+        size, message=_EMPTY_BATCH.format(what=_what(q), objective=objective)
+    )
+
+
+def with_assertion(assertion, structure):
+    """`structure` (a nest of tensors) made to depend on `assertion` (if not None)."""
+    if assertion is None:
+        return structure
+    with tf.control_dependencies([assertion]):
+        return tf.nest.map_structure(tf.identity, structure)
+
+
+def check_distribution(
+    q, *, objective: str, needs_reparameterization: bool, allow_empty: bool = False
+) -> None:
     """Checks the inference distribution q(z|x) handed to an objective.
 
     q is a single distribution or a JointDistribution; every leaf must have batch
-    shape [B] (the same B), the continuous leaves one float dtype, and, when the
-    objective differentiates through z, every leaf must be continuous and fully
-    reparameterized.
+    shape [B] (the same B, not a static 0 unless `allow_empty`), the continuous leaves
+    one float dtype, float32 or float64, and, when the objective differentiates
+    through z, every leaf must be continuous and fully reparameterized.
     """
-    if not isinstance(q, tfd.Distribution):
-        raise TypeError(
-            f"`q` must be a tfp.distributions.Distribution, got {type(q).__name__}; "
-            "build q(z|x) from the encoder's outputs, e.g. "
-            "tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1), or a "
-            "tfd.JointDistribution* for structured latents."
-        )
+    check_is_distribution(q)
     if isinstance(q, tfd.TransformedDistribution) and tf.nest.is_nested(q.dtype):
         raise ValueError(
             f"`q` ({q.name}) is a TransformedDistribution of a joint distribution, which "
@@ -109,7 +185,7 @@ def check_distribution(q, *, objective: str, needs_reparameterization: bool) -> 
         )
     names = leaf_names(q)
     dtypes = tf.nest.flatten(q.dtype)
-    what = f"`q` ({q.name})" if not is_joint(q) else "`q`"
+    what = _what(q)
     floats = {d.name for d in dtypes if d.is_floating}
     if len(floats) > 1:
         listing = ", ".join(f"'{n}': {d.name}" for n, d in zip(names, dtypes, strict=True))
@@ -120,6 +196,7 @@ def check_distribution(q, *, objective: str, needs_reparameterization: bool) -> 
     for n, d in zip(names, dtypes, strict=True):
         if not (d.is_floating or d.is_integer or d == tf.bool):
             raise TypeError(f"Leaf '{n}' of {what} has dtype {d.name}: expected float or int.")
+    check_float_dtypes(q)
 
     batch_shapes = _per_leaf(_flat_shapes(q.batch_shape), len(names))
     batch_rank = {s.rank for s in batch_shapes}
@@ -148,6 +225,8 @@ def check_distribution(q, *, objective: str, needs_reparameterization: bool) -> 
             f"The leaves of {what} disagree on the batch size ({listing}): every part of q "
             "must have batch shape [B], the same data points."
         )
+    if sizes == {0} and not allow_empty:
+        raise ValueError(_EMPTY_BATCH.format(what=what, objective=objective))
 
     if needs_reparameterization:
         types = _per_leaf(tf.nest.flatten(q.reparameterization_type), len(names))
@@ -193,7 +272,7 @@ def check_log_joint(log_joint) -> None:
 
 
 def check_seed(seed) -> None:
-    """Checks that a stateless seed was given."""
+    """Checks that a stateless seed was given (`mcobjectives.sampling` checks the rest)."""
     if seed is None:
         raise TypeError(
             "`seed` is required: pass an int or a shape-[2] integer tensor (a stateless "
@@ -202,8 +281,50 @@ def check_seed(seed) -> None:
         )
 
 
+# Dtype names in TensorFlow's and TFP's error messages ("float32", "tf.float64", or in
+# eager kernels "a float tensor but is a double tensor").
+_DTYPE_WORDS = re.compile(r"\b(bfloat16|float16|float32|float64)\b|\b(half|float|double) tensor\b")
+_DTYPE_ALIASES = {"half": "float16", "float": "float32", "double": "float64"}
+
+
+def _float_dtypes_named(message: str) -> set[str]:
+    names = set()
+    for name, alias in _DTYPE_WORDS.findall(message):
+        names.add(name or _DTYPE_ALIASES[alias])
+    return names
+
+
+def call_log_joint(log_joint, z, log_q: tf.Tensor):
+    """`log_joint(z)`; a model computing in another float dtype than q (which fails
+    inside TensorFlow, on z) is reported as such, with both dtypes and the fix."""
+    try:
+        return log_joint(z)
+    except (TypeError, ValueError, tf.errors.InvalidArgumentError) as error:
+        named = _float_dtypes_named(str(error))
+        others = sorted(named - {log_q.dtype.name})
+        if log_q.dtype.name not in named or not others:
+            raise
+        raise TypeError(
+            f"`log_joint` failed on samples z of q's dtype {log_q.dtype.name}: the model "
+            f"seems to compute in {' or '.join(others)} (TensorFlow said: {error}). q and "
+            "the model must be built in the same dtype: build q(z|x) in the model's dtype "
+            f"(e.g. tf.cast the encoder's outputs to tf.{others[0]}) or the model in q's, "
+            f"so that log p(x, z) comes out in {log_q.dtype.name} like log q(z|x)."
+        ) from error
+
+
 def check_log_joint_output(log_p, log_q: tf.Tensor, num_samples: int) -> tf.Tensor:
-    """Checks log p(x, z) returned for `num_samples` draws: shape [S, B], log q's dtype."""
+    """Checks log p(x, z) returned for `num_samples` draws: shape [S, B], log q's dtype.
+
+    Where the batch size is known only at run time, a run-time assertion checks it, so
+    that an output of batch size 1 does not broadcast silently.
+    """
+    if isinstance(log_p, tfd.Distribution):
+        raise TypeError(
+            f"`log_joint` returned a distribution ({type(log_p).__name__}), not log p(x, z): "
+            "return its log_prob, e.g. lambda z: likelihood(z).log_prob(x) + prior.log_prob(z), "
+            "a tensor of shape [num_samples, batch]."
+        )
     if not isinstance(log_p, (tf.Tensor, tf.Variable)) and not hasattr(log_p, "dtype"):
         raise TypeError(
             f"`log_joint` must return a tensor of shape [num_samples, batch], got "
@@ -216,11 +337,21 @@ def check_log_joint_output(log_p, log_q: tf.Tensor, num_samples: int) -> tf.Tens
             "build the model and q in the same dtype."
         )
     expected = tf.TensorShape([num_samples]).concatenate(log_q.shape[1:])
-    if not log_p.shape.is_compatible_with(expected):
-        raise ValueError(
-            f"`log_joint` returned shape {log_p.shape}, expected [num_samples, batch] = "
-            f"{expected}: log p(x, z) must sum over the event dimensions of x and of every "
-            "latent leaf (e.g. wrap per-dimension distributions in tfd.Independent) and "
-            "keep the sample and batch axes."
+
+    def message(shape) -> str:
+        return (
+            f"`log_joint` returned shape {shape}, expected [num_samples, batch] = {expected}: "
+            "log p(x, z) must sum over the event dimensions of x and of every latent leaf "
+            "(e.g. wrap per-dimension distributions in tfd.Independent) and keep the sample "
+            "and batch axes."
         )
-    return tf.ensure_shape(log_p, expected)
+
+    if not log_p.shape.is_compatible_with(expected):
+        raise ValueError(message(log_p.shape))
+    log_p = tf.ensure_shape(log_p, expected)
+    if expected.is_fully_defined():
+        return log_p
+    check = tf.debugging.assert_equal(
+        tf.shape(log_p), tf.shape(log_q), message=message("[S, B'] (below, then log q's [S, B])")
+    )
+    return with_assertion(check, log_p)

@@ -271,7 +271,7 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
     def __init__(self, num_samples: int, name: str | None = None):
         super().__init__(name=name)
         self._num_samples = _checks.check_count(
-            "num_samples", num_samples, minimum=self.min_num_samples
+            "num_samples", num_samples, minimum=self.min_num_samples, maximum=_checks.MAX_DIMENSION
         )
         self._given_name = name
 
@@ -349,22 +349,30 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
             in the dtype of log q.
           seed: a stateless seed, an int or a shape-[2] integer tensor; or a [B, 2]
             integer tensor of per-example seeds, so that each data point's samples
-            do not depend on the rest of the batch (see `mcobjectives.sampling`).
-            Required.
+            do not depend on the rest of the batch (see `mcobjectives.sampling`;
+            `sampling.stateless_seed` says which seeds are accepted). Required.
+
+        Raises:
+          TypeError, ValueError: for a bad argument, naming it, before anything is
+            traced (before `log_joint` is called) where the check needs no output;
+            an empty batch and per-example seeds whose number differs from the batch
+            size are checked by run-time assertions where the batch size is dynamic
+            (`tf.errors.InvalidArgumentError`; XLA drops these assertions).
 
         Returns:
           An `ObjectiveResult`.
         """
         path = self._declared_path()
+        name = type(self).__name__
         _checks.check_distribution(
-            q,
-            objective=type(self).__name__,
-            needs_reparameterization=path is not GradientPath.SCORE,
+            q, objective=name, needs_reparameterization=path is not GradientPath.SCORE
         )
         _checks.check_log_joint(log_joint)
         _checks.check_seed(seed)
 
         z = sampling.sample(q, self.num_samples, seed)
+        # A batch of dynamic size 0 (a static 0 was refused above) would give a NaN loss.
+        z = _checks.with_assertion(_checks.batch_size_assertion(q, name, z), z)
         if path is GradientPath.TOTAL:
             log_q = _checks.log_prob(q, z)
             log_p = self._log_joint(log_joint, z, log_q)
@@ -411,7 +419,8 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         )
 
     def _log_joint(self, log_joint: LogJoint, z, log_q: tf.Tensor) -> tf.Tensor:
-        return _checks.check_log_joint_output(log_joint(z), log_q, self.num_samples)
+        log_p = _checks.call_log_joint(log_joint, z, log_q)
+        return _checks.check_log_joint_output(log_p, log_q, self.num_samples)
 
     def _checked_value(self, value, log_weights: tf.Tensor) -> tf.Tensor:
         """Checks what `_value` returned: one value per data point, [B], in log w's dtype."""

@@ -478,7 +478,12 @@ def log_log_slope(x: Sequence[float], y: Sequence[float]) -> float:
       ValueError: if fewer than two points are given, or any x or y is not positive
         and finite.
     """
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    try:
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"`x` and `y` must be 1-D sequences of positive numbers, got {x!r} and {y!r}."
+        ) from error
     if x.shape != y.shape or x.ndim != 1 or x.size < 2:
         raise ValueError(
             f"`x` and `y` must be 1-D of one length >= 2, got shapes {x.shape} and {y.shape}."

@@ -21,7 +21,8 @@ def _chunk_log_sum_exp(q, log_joint, num_samples, seed):
     """log sum_k w_k over one chunk of `num_samples` draws, [B]."""
     z = sampling.sample(q, num_samples, seed)
     log_q = _checks.log_prob(q, z)
-    log_p = _checks.check_log_joint_output(log_joint(z), log_q, num_samples)
+    log_p = _checks.call_log_joint(log_joint, z, log_q)
+    log_p = _checks.check_log_joint_output(log_p, log_q, num_samples)
     return tf.reduce_logsumexp(log_p - log_q, axis=0)
 
 
@@ -50,11 +51,13 @@ def log_marginal_estimate(
       chunk_size: samples per chunk, >= 1 (the last chunk holds the remainder).
 
     Returns:
-      A [B] tensor.
+      A [B] tensor (empty for an empty batch).
     """
     num_samples = _checks.check_count("num_samples", num_samples)
     chunk_size = min(_checks.check_count("chunk_size", chunk_size), num_samples)
-    _checks.check_distribution(q, objective="log_marginal_estimate", needs_reparameterization=False)
+    _checks.check_distribution(
+        q, objective="log_marginal_estimate", needs_reparameterization=False, allow_empty=True
+    )
     _checks.check_log_joint(log_joint)
     _checks.check_seed(seed)
     if sampling.is_per_example_seed(seed):
@@ -95,7 +98,7 @@ def active_units(posterior_means, threshold: float = 1e-2):
     its posterior mean varies across the data set.
 
     Args:
-      posterior_means: [N, D], E_q[z] for each of N data points (e.g. `q.mean()`); or,
+      posterior_means: [N, D], E_q[z] for each of N >= 2 data points (e.g. `q.mean()`); or,
         for structured latents, a structure (a list, a dict, ...) of [N, D_i] tensors,
         one per latent leaf (e.g. each layer's posterior mean).
       threshold: the activity threshold, > 0.
@@ -154,11 +157,30 @@ def _is_structure(value) -> bool:
 
 
 def _active_units(posterior_means, threshold: float, what: str) -> tf.Tensor:
-    posterior_means = tf.convert_to_tensor(posterior_means)
+    try:
+        posterior_means = tf.convert_to_tensor(posterior_means)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"{what} must be an [N, D] array of numbers, got {type(posterior_means).__name__}."
+        ) from error
     if posterior_means.shape.rank != 2:
         raise ValueError(
             f"{what} must have shape [N, D], got {posterior_means.shape}: stack "
             "E_q[z] of every data point along the first axis."
+        )
+    if not (
+        posterior_means.dtype.is_floating
+        or posterior_means.dtype.is_integer
+        or posterior_means.dtype == tf.bool
+    ):
+        raise TypeError(
+            f"{what} must hold numbers (posterior means), got dtype {posterior_means.dtype.name}."
+        )
+    num_points = posterior_means.shape[0]
+    if num_points is not None and num_points < 2:
+        raise ValueError(
+            f"{what} has N = {num_points} data points: the activity of a unit is the "
+            "variance of its posterior mean across data points, which needs N >= 2."
         )
     if not posterior_means.dtype.is_floating:
         posterior_means = tf.cast(posterior_means, tf.float64)

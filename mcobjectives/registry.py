@@ -62,7 +62,7 @@ def make_objective(name: str, /, num_samples: int, **kwargs: Any) -> MCObjective
             f"Unknown objective {name!r}; choose one of {', '.join(objective_names())}."
         )
     cls = OBJECTIVES[name]
-    num_samples = _checks.check_count("num_samples", num_samples)
+    num_samples = _checks.check_count("num_samples", num_samples, maximum=_checks.MAX_DIMENSION)
     parameters = [arg for arg in inspect.signature(cls.__init__).parameters if arg not in ("self",)]
     if "num_samples" in parameters:
         kwargs["num_samples"] = num_samples

@@ -67,26 +67,36 @@ _TRANSFORMED = transformed_distribution._TransformedDistribution
 def stateless_seed(seed) -> tf.Tensor:
     """A shape-[2] int32 stateless seed from an int or an integer tensor of shape [] or [2].
 
-    A Python (or NumPy) int in [0, 2**62) maps to a fixed seed (TFP's `sanitize_seed`
-    would treat it as a stateful seed and draw anew on every call), and so does an
-    integer scalar tensor. A [2] seed of any integer dtype is read component by component
-    as its low 32 bits (int64 seeds, as `stateless_fold_in` returns, included).
+    What a seed may be, and which stream it gives:
+
+    * A Python (or NumPy) int in [0, 2**62) maps to the fixed seed
+      [seed >> 31, seed & (2**31 - 1)] (TFP's `sanitize_seed` would treat it as a
+      stateful seed and draw anew on every call). A negative int, or one of 2**62 or
+      more, is refused. An integer scalar tensor (or 0-d array), whose value may be
+      unknown until run time, maps by the same formula: as the int would, and outside
+      [0, 2**62) to the [2] seed it gives, read as below.
+    * A [2] seed (a list, a NumPy array or a tensor, of any integer dtype) whose two
+      components lie in the int32 range [-2**31, 2**31) is that int32 seed: int64 seeds
+      of int32 values, as `tf.random.experimental.stateless_fold_in` returns, give the
+      same stream as their int32 cast.
+    * A [2] seed with a component outside the int32 range (an int64 seed of
+      `stateless_split`, or [2**40, 3]) is not truncated to its low 32 bits: its two
+      whole 64-bit components are hashed into an int32 seed, so distinct seeds give
+      distinct streams (up to a 2**-64 chance of collision), in every mode, also for a
+      symbolic int64 tensor. A Python or NumPy component outside the int64 range
+      [-2**63, 2**63) is refused; a uint64 tensor is read as the int64 of its bits.
+
+    Floats, bools, strings, ragged lists and seeds of any other shape are refused with
+    a TypeError or ValueError naming `seed`, never rounded or truncated.
     """
-    if isinstance(seed, (bool, np.bool_)):
-        raise TypeError("`seed` must be an int or a shape-[2] integer tensor, got a bool.")
-    if isinstance(seed, (int, np.integer)):
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
         seed = int(seed)
         if not 0 <= seed < 2**62:
-            raise ValueError(f"`seed` must be an int in [0, 2**62), got {seed}.")
+            raise ValueError(
+                f"`seed` must be an int in [0, 2**62) (or a shape-[2] integer tensor), got {seed}."
+            )
         return tf.constant([seed >> 31, seed & 0x7FFFFFFF], tf.int32)
-    try:
-        seed = tf.convert_to_tensor(seed)
-    except (TypeError, ValueError) as error:
-        raise TypeError(
-            f"`seed` must be an int or a shape-[2] integer tensor, got {type(seed).__name__}."
-        ) from error
-    if not seed.dtype.is_integer:
-        raise TypeError(f"`seed` must have an integer dtype, got {seed.dtype.name}.")
+    seed = _seed_tensor(seed)
     if seed.shape.rank == 0:
         seed = tf.cast(seed, tf.int64)
         seed = tf.stack(
@@ -98,7 +108,65 @@ def stateless_seed(seed) -> tf.Tensor:
             f"seeds are taken, [B, 2]); got shape {seed.shape}. Split one seed per step, "
             "e.g. with tf.random.experimental.stateless_split."
         )
-    return seed if seed.dtype == tf.int32 else _int32_of_low_bits(seed)
+    return _int32_seeds(seed)
+
+
+_SEED_KINDS = (
+    "`seed` must be an int, or an integer tensor of shape [2] (one stateless seed) or "
+    "[B, 2] (per-example seeds)"
+)
+
+
+def _seed_tensor(seed) -> tf.Tensor:
+    """`seed` as an integer tensor of known rank, or a TypeError/ValueError naming it."""
+    _checks.check_seed(seed)
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"{_SEED_KINDS}; got a bool.")
+    if isinstance(seed, (str, bytes, dict)):
+        raise TypeError(f"{_SEED_KINDS}; got {type(seed).__name__} {seed!r}.")
+    if isinstance(seed, (tf.Tensor, tf.Variable)):
+        tensor = tf.convert_to_tensor(seed)
+    else:
+        tensor = tf.convert_to_tensor(_seed_array(seed))
+    if not tensor.dtype.is_integer:
+        raise TypeError(f"{_SEED_KINDS}; got dtype {tensor.dtype.name}.")
+    if tensor.shape.rank is None:
+        raise ValueError(
+            f"{_SEED_KINDS}; got a tensor of unknown rank: give it a static rank, e.g. "
+            "tf.ensure_shape(seed, [2]) or an input_signature of shape [2]."
+        )
+    return tensor
+
+
+def _seed_array(seed) -> np.ndarray:
+    """A Python or NumPy seed as an integer array, checked before TensorFlow sees it."""
+    try:
+        array = np.asarray(seed)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"{_SEED_KINDS}; got {type(seed).__name__} {seed!r}, which is not a rectangular "
+            "array of integers."
+        ) from error
+    if array.dtype == object:
+        leaves = array.reshape([-1]).tolist()
+        if array.ndim and all(isinstance(v, int) and not isinstance(v, bool) for v in leaves):
+            raise ValueError(
+                f"{_SEED_KINDS}; got {seed!r}, whose components must lie in the int64 range "
+                "[-2**63, 2**63)."
+            )
+        raise TypeError(f"{_SEED_KINDS}; got {type(seed).__name__} {seed!r}.")
+    if array.size == 0:
+        raise ValueError(f"{_SEED_KINDS}; got an empty seed of shape {array.shape}.")
+    if array.dtype == np.bool_:
+        raise TypeError(f"{_SEED_KINDS}; got a bool array.")
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{_SEED_KINDS}; got {type(seed).__name__} of dtype {array.dtype}.")
+    if array.dtype == np.uint64 and np.any(array >= np.uint64(2**63)):
+        raise ValueError(
+            f"{_SEED_KINDS}; got {seed!r}, whose components must lie in the int64 range "
+            "[-2**63, 2**63)."
+        )
+    return array
 
 
 def _int32_of_low_bits(x: tf.Tensor) -> tf.Tensor:
@@ -107,11 +175,57 @@ def _int32_of_low_bits(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(low - tf.cast(low >= 2**31, tf.int64) * 2**32, tf.int32)
 
 
+# Salts the hash of seeds outside the int32 range (the SHA-512 initial value H2).
+_WIDE_SEED_SALT = 0x3C6EF372FE94F82B
+
+
+def _int32_seeds(seeds: tf.Tensor) -> tf.Tensor:
+    """Integer seeds [..., 2] as int32 seeds [..., 2] (see `stateless_seed`).
+
+    A seed whose components both lie in the int32 range is itself. Any other seed is
+    a hash of its two whole components: each int64 component is its low 32 bits and
+    the 32 bits above them that differ from the low half's sign extension (zero
+    exactly when it fits an int32), and the 64 bits of excess are mixed into the key of
+    the low halves through SplitMix64's bijective finalizer.
+    """
+    if seeds.dtype == tf.int32:
+        return seeds
+    if seeds.dtype in (tf.int8, tf.int16, tf.uint8, tf.uint16):
+        return tf.cast(seeds, tf.int32)
+    wide = tf.cast(seeds, tf.int64)
+    low = _int32_of_low_bits(wide)
+    sign = tf.bitwise.right_shift(tf.cast(low, tf.int64), 31)  # 0 or -1
+    excess = tf.bitwise.bitwise_and(
+        tf.bitwise.bitwise_xor(tf.bitwise.right_shift(wide, 32), sign), 0xFFFFFFFF
+    )
+    outside = tf.reduce_any(tf.not_equal(excess, 0), axis=-1, keepdims=True)
+    excess = tf.cast(excess, tf.uint64)
+    packed = tf.bitwise.bitwise_or(
+        tf.bitwise.left_shift(excess[..., 0], _uint64(32)), excess[..., 1]
+    )
+    key = _mix64(
+        tf.bitwise.bitwise_xor(
+            _keys(low), _mix64(tf.bitwise.bitwise_xor(packed, _uint64(_WIDE_SEED_SALT)))
+        )
+    )
+    return tf.where(outside, _int32_pair(key), low)
+
+
+def _int32_pair(key: tf.Tensor) -> tf.Tensor:
+    """A uint64 key [...] as an int32 seed [..., 2]: its high and low 32 bits."""
+    high = tf.bitwise.right_shift(key, _uint64(32))
+    low = tf.bitwise.bitwise_and(key, _uint64(0xFFFFFFFF))
+    return tf.stack([_int32_of_low_bits(high), _int32_of_low_bits(low)], axis=-1)
+
+
 def is_per_example_seed(seed) -> bool:
     """Whether `seed` is a `[B, 2]` tensor of per-example seeds (rather than one seed)."""
-    if seed is None or isinstance(seed, (int, bool)):
+    if seed is None or isinstance(seed, (int, bool, np.integer, np.bool_, str, bytes)):
         return False
-    return tf.convert_to_tensor(seed).shape.rank == 2
+    try:
+        return _seed_tensor(seed).shape.rank == 2
+    except (TypeError, ValueError):
+        return False  # not a valid seed at all: `stateless_seed` says why
 
 
 # SplitMix64 [1]: output i of the stream with key k is mix(k + (i + 1) * gamma), where
@@ -150,11 +264,24 @@ def _uint32_bits(shape, seed) -> tf.Tensor:
     """
     key = _keys(seed)
     shape = tf.convert_to_tensor(shape, tf.int32)
-    count = tf.reduce_prod(tf.cast(shape, tf.int64))
-    counter = tf.cast(tf.reshape(tf.range(1, count + 1, dtype=tf.int64), shape), tf.uint64)
+    counter = tf.reshape(tf.range(1, _num_elements(shape) + 1, dtype=tf.int64), shape)
     if key.shape.rank == 1:  # per-example keys [B] broadcast over each example's counters
         key = tf.reshape(key, tf.concat([tf.shape(key), tf.ones_like(shape)], axis=0))
-    bits = _mix64(key + counter * _uint64(_GOLDEN_GAMMA))
+    return _stream_bits(key, counter)
+
+
+def _num_elements(shape) -> tf.Tensor:
+    """The number of elements of `shape`, an int64: a draw of 2**31 numbers or more (K *
+    B * D) counts on, where an int32 count would wrap around and repeat the stream."""
+    return tf.reduce_prod(tf.cast(shape, tf.int64))
+
+
+def _stream_bits(key: tf.Tensor, counter: tf.Tensor) -> tf.Tensor:
+    """Output `counter` (int64, >= 1) of the SplitMix64 stream with `key`: its high 32 bits.
+
+    The counter is read as a uint64, so every counter below 2**63 gives its own output.
+    """
+    bits = _mix64(key + tf.cast(counter, tf.uint64) * _uint64(_GOLDEN_GAMMA))
     return tf.cast(tf.bitwise.right_shift(bits, _uint64(32)), tf.uint32)
 
 
@@ -176,10 +303,53 @@ def _uniform(shape, seed, dtype) -> tf.Tensor:
 
 
 def _check_float(dtype) -> tf.DType:
-    dtype = tf.as_dtype(dtype)
+    try:
+        dtype = tf.as_dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"`dtype` must be tf.float32 or tf.float64, got {dtype!r}.") from error
     if dtype not in (tf.float32, tf.float64):
         raise TypeError(f"`dtype` must be float32 or float64, got {dtype.name}.")
     return dtype
+
+
+def _check_shape(shape):
+    """`shape` for `standard_normal`: a list of sizes (ints >= 0 or integer scalar
+    tensors), a 1-D integer array or tensor, or a fully defined TensorShape."""
+    if isinstance(shape, tf.TensorShape):
+        if not shape.is_fully_defined():
+            raise ValueError(f"`shape` must be fully defined, got {shape}.")
+        return shape.as_list()
+    if isinstance(shape, np.ndarray) and shape.ndim == 1 and shape.dtype.kind in "iu":
+        shape = shape.tolist()
+    if isinstance(shape, (tf.Tensor, tf.Variable)):
+        if not shape.dtype.is_integer or shape.shape.rank != 1:
+            raise TypeError(
+                f"`shape` must be a list of ints or a 1-D integer tensor, got a "
+                f"{shape.dtype.name} tensor of shape {shape.shape}."
+            )
+        value = tf.get_static_value(shape)
+        if value is not None and np.any(value < 0):
+            raise ValueError(f"`shape` must have sizes >= 0, got {value.tolist()}.")
+        return shape
+    if not isinstance(shape, (list, tuple)):
+        raise TypeError(
+            f"`shape` must be a list of ints or a 1-D integer tensor, got "
+            f"{type(shape).__name__} {shape!r}."
+        )
+    for size in shape:
+        if isinstance(size, (tf.Tensor, tf.Variable)) and size.dtype.is_integer:
+            if size.shape.rank != 0:
+                raise TypeError(
+                    f"`shape` must be a list of sizes, got a size of shape {size.shape}."
+                )
+            continue
+        if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
+            raise TypeError(
+                f"`shape` must be a list of ints, got {shape!r} (a {type(size).__name__} size)."
+            )
+        if not 0 <= size <= _checks.MAX_DIMENSION:
+            raise ValueError(f"`shape` must have sizes in [0, 2**31), got {list(shape)}.")
+    return list(shape)
 
 
 def standard_normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
@@ -195,6 +365,7 @@ def standard_normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
       A tensor of `shape` and `dtype`, `ndtri(u)` with `u` uniform on (0, 1).
     """
     dtype = _check_float(dtype)
+    shape = _check_shape(shape)
     return _normal_of(dtype)(_uniform(shape, stateless_seed(seed), dtype))
 
 
@@ -232,10 +403,7 @@ def _child_seeds(seed: tf.Tensor, index: int) -> tf.Tensor:
     """
     # A salt keeps child keys away from the parent's own noise stream.
     key = tf.bitwise.bitwise_xor(_keys(seed), _uint64(0x6A09E667F3BCC909))
-    child = _mix64(key + _uint64((index + 1) * _GOLDEN_GAMMA % 2**64))
-    high = tf.bitwise.right_shift(child, _uint64(32))
-    low = tf.bitwise.bitwise_and(child, _uint64(0xFFFFFFFF))
-    return tf.stack([_int32_of_low_bits(high), _int32_of_low_bits(low)], axis=-1)
+    return _int32_pair(_mix64(key + _uint64((index + 1) * _GOLDEN_GAMMA % 2**64)))
 
 
 def _defines(cls: type, method: str, owner: type) -> bool:
@@ -353,11 +521,16 @@ def sample(q: tfd.Distribution, num_samples: int, seed):
 
     Args:
       q: a distribution; see the module docstring for the families sampled stably.
-      num_samples: how many draws.
+        Its continuous leaves must be float32 or float64.
+      num_samples: how many draws, a Python int in [1, 2**31).
       seed: a stateless seed (an int or a shape-[2] integer tensor), or a `[B, 2]`
-        integer tensor of per-example seeds for a q of batch shape `[B]`.
+        integer tensor of per-example seeds for a q of batch shape `[B]` (checked at run
+        time where B is not static); see `stateless_seed` for what a seed may be.
     """
-    seed = _per_example_seeds(seed, q) if is_per_example_seed(seed) else stateless_seed(seed)
+    _checks.check_is_distribution(q)
+    num_samples = _checks.check_count("num_samples", num_samples, maximum=_checks.MAX_DIMENSION)
+    _checks.check_float_dtypes(q)
+    seed = _seed_for(q, seed)
     if _checks.is_joint(q):
         return _sample_joint(q, num_samples, seed)
     sampler = _sampler(q)
@@ -420,6 +593,7 @@ def _sample_part(part: tfd.Distribution, num_samples: int, seed: tf.Tensor, even
         )
     if isinstance(part, tfd.JointDistribution):
         raise ValueError(f"Part '{part.name}' of a joint q is itself a joint distribution.")
+    seed = _assert_one_seed_per_example(seed, part, leading - 1)
     sampler = _sampler(part)
     if sampler is not None:
         return sampler(tf.constant(sample_shape, tf.int32), seed, 1)
@@ -443,21 +617,51 @@ def _describe(d: tfd.Distribution) -> str:
     return " of ".join(f"{'an' if name[0] in 'AEIOU' else 'a'} {name}" for name in names)
 
 
-def _per_example_seeds(seed, q: tfd.Distribution) -> tf.Tensor:
+def _seed_for(q: tfd.Distribution, seed) -> tf.Tensor:
+    """One int32 seed [2] or per-example int32 seeds [B, 2] for sampling q."""
+    if isinstance(seed, (int, np.integer)):
+        return stateless_seed(seed)
+    tensor = _seed_tensor(seed)
+    if tensor.shape.rank == 2:
+        return _per_example_seeds(tensor, q)
+    return stateless_seed(tensor)
+
+
+def _per_example_seeds(seed: tf.Tensor, q: tfd.Distribution) -> tf.Tensor:
     """Checks [B, 2] per-example seeds against q's batch shape [B] (every part's, for a
-    joint q) and returns them as int32."""
-    seed = tf.convert_to_tensor(seed)
-    if not seed.dtype.is_integer:
-        raise TypeError(f"Per-example `seed` must be an integer tensor, got {seed.dtype.name}.")
+    joint q), statically or, where B is not static, at run time; returns them as int32."""
     batch_shapes = _checks._flat_shapes(q.batch_shape)
     if any(s.rank != 1 for s in batch_shapes) or not seed.shape[1:].is_compatible_with([2]):
         raise ValueError(
-            f"Per-example seeds must have shape [B, 2] for a q of batch shape [B]; got seed "
-            f"shape {seed.shape} and q batch shape {q.batch_shape}."
+            f"Per-example seeds (a `seed` of shape [B, 2]) need a q of batch shape [B]; got "
+            f"seed shape {seed.shape} and q batch shape {q.batch_shape}."
         )
     if not all(seed.shape[:1].is_compatible_with(s) for s in batch_shapes):
         raise ValueError(
-            f"Per-example seeds of shape {seed.shape} do not match q's batch shape "
-            f"{q.batch_shape}: give one seed per data point, shape [B, 2]."
+            f"Per-example seeds (a `seed` of shape [B, 2]) of shape {seed.shape} do not match "
+            f"q's batch shape {q.batch_shape}: give one seed per data point, shape [B, 2]."
         )
-    return tf.cast(seed, tf.int32)
+    if not _checks.is_joint(q):  # a joint q's parts are checked as they are drawn
+        seed = _assert_one_seed_per_example(seed, q, 0)
+    return _int32_seeds(seed)
+
+
+def _assert_one_seed_per_example(seed: tf.Tensor, d: tfd.Distribution, axis: int):
+    """Per-example seeds [B', 2], checked at run time against the size of `d`'s batch
+    axis `axis` where either is not static: a mismatch would broadcast silently (B' = 1)
+    or fail inside TensorFlow."""
+    if seed.shape.rank != 2:
+        return seed
+    static = d.batch_shape[axis] if d.batch_shape.rank is not None else None
+    if seed.shape[0] is not None and static is not None:
+        return seed
+    size = d.batch_shape_tensor()[axis]
+    check = tf.debugging.assert_equal(
+        tf.shape(seed, out_type=size.dtype)[0],
+        size,
+        message=(
+            "Per-example seeds (a `seed` of shape [B, 2]) do not match q's batch size: give "
+            "one seed per data point, shape [B, 2] (below: the number of seeds, then B)."
+        ),
+    )
+    return _checks.with_assertion(check, seed)

@@ -911,15 +911,19 @@ def test_seed_of_a_wrong_shape_or_dtype_raises_naming_seed(seed):
 
 
 def test_integer_scalar_and_int64_seeds_mean_what_an_int_and_an_int32_seed_mean():
-    """np.int64(3) and tf.constant(3) are the int 3; an int64 [2] seed its int32 bits."""
+    """np.int64(3) and tf.constant(3) are the int 3; an int64 [2] seed of int32 values is
+    that int32 seed, and one outside the int32 range is not truncated to its low bits."""
     mu, A, b, x = _data()
 
     def loss(seed):
         return mco.IWAE(K)(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=seed).loss
 
     assert float(loss(np.int64(3))) == float(loss(tf.constant(3))) == float(loss(3))
-    pair = tf.constant([2**33 + 5, -(2**40) + 7], tf.int64)
+    pair = tf.constant([-(2**31), 2**31 - 1], tf.int64)
     assert float(loss(pair)) == float(loss(tf.cast(pair, tf.int32)))
+    wide = tf.constant([2**33 + 5, -(2**40) + 7], tf.int64)
+    assert float(loss(wide)) != float(loss(tf.cast(wide, tf.int32)))
+    assert float(loss(wide)) == float(loss([2**33 + 5, -(2**40) + 7]))
 
 
 def test_a_transformed_joint_q_is_refused_with_the_fix():

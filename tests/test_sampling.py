@@ -525,3 +525,148 @@ def test_objective_int_seed_replays(mode):
     fn = in_mode(fn, mode)
     first, second = fn().numpy(), fn().numpy()
     np.testing.assert_allclose(first, second, rtol=1e-12, atol=1e-12)
+
+
+# --- seeds: which seeds are accepted, and which stream each gives --------------------------
+
+_M64 = 2**64 - 1
+_GAMMA = 0x9E3779B97F4A7C15
+
+
+def _mix64_reference(z: int) -> int:
+    """SplitMix64's finalizer in Python integers (Steele, Lea, Flood 2014)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _stream_reference(seed, counters) -> list[int]:
+    """The high 32 bits of SplitMix64 outputs `counters` for an int32 seed [2], in Python."""
+    key = _mix64_reference(((int(seed[0]) & 0xFFFFFFFF) << 32) | (int(seed[1]) & 0xFFFFFFFF))
+    return [_mix64_reference((key + c * _GAMMA) & _M64) >> 32 for c in counters]
+
+
+@pytest.mark.parametrize("seed", [[1234, 5678], [-7, 2**31 - 1], [-(2**31), 0]], ids=str)
+def test_bits_are_splitmix64_of_the_seed(seed):
+    """The draws' bits are SplitMix64 outputs 1, 2, ... keyed by the seed's two int32s,
+    checked against a pure-Python SplitMix64: the stream is pinned, not only self-consistent."""
+    bits = sampling._uint32_bits([2, 3], tf.constant(seed, tf.int32)).numpy()
+    assert bits.reshape(-1).tolist() == _stream_reference(seed, range(1, 7))
+
+
+def test_counters_of_draws_of_2_31_numbers_or_more_do_not_wrap():
+    """K * B * D >= 2**31: the number of elements is counted in int64, and counters past
+    2**31 and 2**32 give SplitMix64's outputs there (a draw that large is not run here:
+    it would take 8 GiB per float32 tensor)."""
+    assert int(sampling._num_elements([2**16, 2**16])) == 2**32
+    assert int(sampling._num_elements([3, 2**15, 2**16])) == 3 * 2**31
+    seed = [1234, 5678]
+    key = sampling._keys(tf.constant(seed, tf.int32))
+    counters = [1, 2**31 - 1, 2**31, 2**31 + 1, 2**32 - 1, 2**32, 2**32 + 1, 3 * 2**31, 2**40]
+    bits = sampling._stream_bits(key, tf.constant(counters, tf.int64)).numpy()
+    assert bits.tolist() == _stream_reference(seed, counters)
+    assert len(set(bits.tolist())) == len(counters)
+
+
+def test_a_draw_of_more_than_2_31_numbers_traces_with_its_static_shape():
+    """standard_normal of 2**31 + 2**16 numbers builds its graph (not run: 8 GiB)."""
+    shape = [2**16, 2**15 + 1]
+    traced = tf.function(lambda: sampling.standard_normal(shape, SEED)).get_concrete_function()
+    assert traced.structured_outputs.shape.as_list() == shape
+
+
+# Seeds inside the int32 range, in other integer dtypes: each is its int32 seed.
+_INT32_RANGE_SEEDS = {
+    "int64": np.array([-(2**31), 2**31 - 1], np.int64),
+    "int64-tensor": tf.constant([-7, 99], tf.int64),
+    "int16": np.array([-3, 4], np.int16),
+    "uint8": np.array([200, 4], np.uint8),
+    "uint32-tensor": tf.constant([2**31 - 1, 0], tf.uint32),
+    "list": [-(2**31), 5],
+    "variable": tf.Variable([12, -13], dtype=tf.int64),
+}
+
+
+@pytest.mark.parametrize("seed", _INT32_RANGE_SEEDS.values(), ids=_INT32_RANGE_SEEDS)
+def test_seeds_inside_the_int32_range_are_their_int32_seed(seed):
+    expected = np.asarray(tf.convert_to_tensor(seed)).astype(np.int32)
+    np.testing.assert_array_equal(sampling.stateless_seed(seed).numpy(), expected)
+    np.testing.assert_array_equal(
+        sampling.standard_normal([6], seed).numpy(),
+        sampling.standard_normal([6], tf.constant(expected)).numpy(),
+    )
+
+
+# Seeds outside the int32 range, and the int32-range seeds their low bits would be.
+_WIDE_SEEDS = [
+    [2**40, 3],
+    [2**41, 3],
+    [2**40 + 2**32, 3],
+    [3, 2**40],
+    [-(2**40), 3],
+    [2**31, 3],
+    [2**32 - 1, 0],
+    [2**63 - 1, -(2**63)],
+    [-(2**63), 2**63 - 1],
+]
+_THEIR_LOW_BITS = [[0, 3], [3, 0], [-(2**31), 3], [-1, 0], [-1, 0]]
+
+
+def test_seeds_outside_the_int32_range_give_streams_of_their_own():
+    """[2**40, 3] is not truncated to [0, 3]: every seed here gives its own int32 seed."""
+    seeds = [tuple(sampling.stateless_seed(s).numpy().tolist()) for s in _WIDE_SEEDS]
+    print(seeds)
+    assert len(set(seeds)) == len(_WIDE_SEEDS)
+    assert not set(seeds) & {tuple(s) for s in _THEIR_LOW_BITS}
+    for low_bits in _THEIR_LOW_BITS:  # an int32-range seed is itself
+        assert sampling.stateless_seed(low_bits).numpy().tolist() == low_bits
+    # A thousand seeds differing only above bit 31 give a thousand different seeds.
+    many = tf.constant([[i * 2**32 + 7, 11] for i in range(1, 1001)], tf.int64)
+    assert len({tuple(s) for s in sampling._int32_seeds(many).numpy().tolist()}) == 1000
+    np.testing.assert_raises(
+        AssertionError,
+        np.testing.assert_array_equal,
+        sampling.standard_normal([8], [2**40, 3]).numpy(),
+        sampling.standard_normal([8], [0, 3]).numpy(),
+    )
+
+
+def test_scalar_tensor_seeds_beyond_2_62_give_streams_of_their_own():
+    """An int64 scalar tensor maps as the int would; beyond [0, 2**62) (an int may not go
+    there) it is not truncated either."""
+    for value in (0, 5, 2**40, 2**62 - 1):
+        np.testing.assert_array_equal(
+            sampling.stateless_seed(tf.constant(value, tf.int64)).numpy(),
+            sampling.stateless_seed(value).numpy(),
+        )
+    wide = [tf.constant(v, tf.int64) for v in (2**62, 2**62 + 2**31, -(2**62) - 1, 2**63 - 1)]
+    seeds = {tuple(sampling.stateless_seed(s).numpy().tolist()) for s in wide}
+    assert len(seeds) == len(wide)
+
+
+def test_wide_seeds_same_in_every_mode(mode):
+    """The hash of a seed outside the int32 range is integer arithmetic: the same seed and
+    random bits eagerly, in tf.function and under XLA, also from a symbolic int64 tensor."""
+    wide = tf.constant(_WIDE_SEEDS, tf.int64)
+    eager = sampling._int32_seeds(wide).numpy()
+    fn = in_mode(lambda s: sampling._int32_seeds(s), mode)
+    np.testing.assert_array_equal(fn(wide).numpy(), eager)
+    bits = in_mode(lambda s: sampling._uint32_bits([5], sampling.stateless_seed(s)), mode)
+    np.testing.assert_array_equal(
+        bits(wide[0]).numpy(), sampling._uint32_bits([5], tf.constant(eager[0])).numpy()
+    )
+
+
+def test_per_example_seeds_outside_the_int32_range_are_read_row_by_row():
+    """Each row of int64 per-example seeds is the seed `stateless_seed` makes of it alone,
+    so data point b draws what a batch of b alone with that seed would."""
+    rows = np.array([[2**40, 3], [0, 3], [-5, 2**35], [-5, 8]], np.int64)
+    q = tfd.Independent(tfd.Normal(tf.zeros([4, 2], tf.float64), 1.0), 1)
+    draws = sampling.sample(q, 3, rows).numpy()
+    for b, row in enumerate(rows):
+        alone = tfd.Independent(tfd.Normal(tf.zeros([1, 2], tf.float64), 1.0), 1)
+        seed = sampling.stateless_seed(row)
+        np.testing.assert_array_equal(
+            draws[:, b], sampling.sample(alone, 3, seed[None]).numpy()[:, 0]
+        )
+    assert not np.array_equal(draws[:, 0], draws[:, 1])  # [2**40, 3] is not [0, 3]
