@@ -183,10 +183,10 @@ class ImportanceWeightedAutoencoder(keras.Model):
     layer, a bare `tf.Variable`) is an error naming it. A step whose loss or gradients
     are not finite is skipped (weights and optimizer untouched) and counted in the
     `nonfinite_steps` log; `max_nonfinite_steps` consecutive ones stop training with
-    an error naming the step. Under the "mixed_float16" policy `compile` wraps the
-    optimizer in a `LossScaleOptimizer` and the loss is scaled for it; the networks
-    compute in the low precision while samples, log-probabilities and the surrogate
-    stay float32.
+    a FloatingPointError naming the step (checked after each batch, XLA or not).
+    Under the "mixed_float16" policy `compile` wraps the optimizer in a
+    `LossScaleOptimizer` and the loss is scaled for it; the networks compute in the
+    low precision while samples, log-probabilities and the surrogate stay float32.
 
     Saving. `model.save("m.keras")` / `keras.models.load_model` round-trip the model:
     the networks and prior layers by their Keras configs (custom layers registered as
@@ -569,18 +569,33 @@ class ImportanceWeightedAutoencoder(keras.Model):
         run = tf.where(finite, tf.constant(0, tf.int64), self.nonfinite_run + 1)
         self.nonfinite_run.assign(run)
         self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
-        step = tf.cast(optimizer.iterations, tf.int64) + tf.convert_to_tensor(self.nonfinite_steps)
-        tf.debugging.Assert(
-            run < self.max_nonfinite_steps,
-            [
-                f"mcobjectives: {self.max_nonfinite_steps} consecutive training steps had a "
-                "non-finite loss or gradient and were skipped (weights and optimizer "
-                "untouched); the last was step",
-                step,
-                ". Check the data for NaN or infinite values and lower the learning rate.",
-            ],
-        )
         return finite
+
+    def raise_if_stalled(self) -> None:
+        """Raises FloatingPointError once `max_nonfinite_steps` consecutive steps were skipped.
+
+        `fit` calls it after every batch (a callback, so that it holds under XLA, which
+        compiles assertions away), and so does the step of `make_train_step`.
+        """
+        run = int(self.nonfinite_run.numpy())
+        if run >= self.max_nonfinite_steps:
+            iterations = getattr(getattr(self, "optimizer", None), "iterations", 0)
+            step = int(iterations) + int(self.nonfinite_steps.numpy())
+            raise FloatingPointError(
+                f"{run} consecutive training steps, the last being step {step} (counted from "
+                "1), had a non-finite loss or gradient and were skipped: the weights and the "
+                "optimizer hold the last finite update. Check the data for NaN or infinite "
+                "values and lower the learning rate (max_nonfinite_steps="
+                f"{self.max_nonfinite_steps})."
+            )
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, stopping with FloatingPointError after `max_nonfinite_steps`
+        consecutive non-finite steps (see `raise_if_stalled`)."""
+        if isinstance(callbacks, keras.callbacks.Callback):
+            callbacks = [callbacks]
+        callbacks = [*(callbacks or []), _StopWhenStalled()]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -709,6 +724,12 @@ def _callable_without_arguments(layer) -> bool:
     return True
 
 
+class _StopWhenStalled(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        del batch, logs
+        self.model.raise_if_stalled()
+
+
 def _in_symbolic_build() -> bool:
     """Whether Keras is tracing the model on placeholders to create its variables."""
     try:
@@ -745,7 +766,8 @@ def make_train_step(
     `jit_compile`), applies them with `optimizer` and returns the global-batch means
     {"loss", "bound", "ess"} and "finite": False when the step's loss or gradients were
     not finite and the update was skipped (weights and optimizer untouched), as
-    `model.fit` skips it; `model.max_nonfinite_steps` consecutive ones raise. Step t
+    `model.fit` skips it; `model.max_nonfinite_steps` consecutive ones raise
+    FloatingPointError. Step t
     draws its samples from the model seed and `optimizer.iterations` plus the skipped
     steps (or from the batch's per-example seeds), as `model.fit` does. Under the
     "mixed_float16" policy `optimizer` must be a `LossScaleOptimizer`.
@@ -820,4 +842,9 @@ def make_train_step(
             )
         return {"loss": loss, "bound": bound, "ess": ess, "finite": finite > 0.5}
 
-    return step
+    def checked_step(batch):
+        logs = step(batch)
+        model.raise_if_stalled()
+        return logs
+
+    return checked_step

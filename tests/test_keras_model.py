@@ -369,12 +369,31 @@ def test_a_batch_with_a_nan_pixel_is_skipped_and_counted():
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
-def test_consecutive_non_finite_steps_stop_fit_naming_the_step():
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_consecutive_non_finite_steps_stop_fit_naming_the_step(jit_compile):
+    """Under XLA too, which compiles assertions away: the check is a callback."""
     model = _model(mco.IWAE(K), max_nonfinite_steps=2)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="2 consecutive training steps"):
-        _fit(model, np.full((60, 784), np.nan, np.float32))
-    assert int(model.nonfinite_steps) == 2
+    model.compile(keras.optimizers.Adam(), jit_compile=jit_compile)
+    bad = np.full((100, 784), np.nan, np.float32)
+    with pytest.raises(
+        FloatingPointError, match="2 consecutive training steps, the last being step 2"
+    ):
+        model.fit(bad, batch_size=BATCH, verbose=0)
+    assert int(model.nonfinite_steps) == 2 and int(model.optimizer.iterations) == 0
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_make_train_step_stops_after_consecutive_non_finite_steps():
+    model = _model(mco.IWAE(K), max_nonfinite_steps=3)
+    model(TRAIN[:BATCH])
+    step = mco.make_train_step(model, keras.optimizers.Adam())
+    bad = tf.constant(np.full((BATCH, 784), np.nan, np.float32))
+    step(bad), step(bad), step(tf.constant(TRAIN[:BATCH])), step(bad), step(bad)
+    assert int(model.nonfinite_run) == 2  # a finite step in between restarts the count
+    with pytest.raises(
+        FloatingPointError, match="3 consecutive training steps, the last being step 6"
+    ):
+        step(bad)
 
 
 def test_make_train_step_skips_a_non_finite_update():
