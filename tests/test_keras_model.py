@@ -442,10 +442,14 @@ def test_predict_and_evaluate_do_not_depend_on_the_batching():
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_learns_as_float32_does(policy):
-    """3 epochs from the same initial weights: the mixed-precision loss falls by at least
-    half as much as float32's (measured: within a few percent); samples, log-probs and
-    the surrogate stay float32."""
-    drops = {}
+    """30 steps from the same initial weights: the mixed-precision loss falls by at least
+    0.8 times float32's drop; samples, log-probs and the surrogate stay float32.
+
+    Measured: float32 drops 214 nats, bfloat16 the same, float16 191: its
+    LossScaleOptimizer skips its first 4 steps (gradients of the loss scaled by 2^15
+    overflow float16) while it lowers the scale to 2^11, then follows float32's pace.
+    """
+    drops, applied = {}, {}
     for name in ("float32", policy):
         keras.mixed_precision.set_global_policy(name)
         try:
@@ -453,14 +457,15 @@ def test_mixed_precision_learns_as_float32_does(policy):
             model = _model(mco.IWAE(K))
             result = model.objective_result(TRAIN[:BATCH], seed=1)
             assert result.loss.dtype == tf.float32 and result.log_weights.dtype == tf.float32
-            losses = _fit(model, TRAIN[:100], epochs=3, learning_rate=3e-3).history["loss"]
+            losses = _fit(model, TRAIN[:100], epochs=6, learning_rate=3e-3).history["loss"]
             if name == "mixed_float16":
                 assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
             drops[name] = losses[0] - losses[-1]
+            applied[name] = int(model.optimizer.iterations)
         finally:
             keras.mixed_precision.set_global_policy("float32")
-    print(f"loss drop over 3 epochs: {drops}")
-    assert drops[policy] >= 0.5 * drops["float32"] > 0
+    print(f"loss drop over 6 epochs of 5 steps: {drops}; updates applied: {applied}")
+    assert drops[policy] >= 0.8 * drops["float32"] > 0
 
 
 def test_make_train_step_under_mixed_float16_needs_a_loss_scale_optimizer():
