@@ -304,6 +304,14 @@ def call_log_joint(log_joint, z, log_q: tf.Tensor):
         others = sorted(named - {log_q.dtype.name})
         if log_q.dtype.name not in named or not others:
             raise
+        if others[0] in ("float16", "bfloat16"):
+            raise TypeError(
+                f"`log_joint` failed on samples z of q's dtype {log_q.dtype.name}: the model "
+                f"seems to compute in {others[0]} (TensorFlow said: {error}). Under a mixed "
+                "precision policy the networks compute in half precision but must emit "
+                "float32 distributions: cast the decoder's (and prior's) outputs, e.g. the "
+                "logits, to tf.float32 before building the distribution."
+            ) from error
         raise TypeError(
             f"`log_joint` failed on samples z of q's dtype {log_q.dtype.name}: the model "
             f"seems to compute in {' or '.join(others)} (TensorFlow said: {error}). q and "

@@ -94,8 +94,14 @@ def _serialize_value(value: Any, where: str) -> Any:
     if isinstance(value, (tf.Tensor, np.ndarray, np.generic)):
         array = np.asarray(value)
         return {"tensor": array.tolist(), "dtype": array.dtype.name}
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
-        return list(value)
+    if isinstance(value, (list, tuple)):
+        return [_serialize_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if callable(value):
+        raise ValueError(
+            f"`{where}` is a function (e.g. a JointDistribution's conditional), which has no "
+            "saved form. Give the model a prior Keras layer (registered with "
+            "keras.saving.register_keras_serializable) that returns the distribution."
+        )
     raise ValueError(
         f"`{where}` is a {type(value).__name__}, which has no saved form (a fixed prior may "
         "hold numbers, tensors and distributions). Give the model a prior Keras layer "
@@ -111,6 +117,8 @@ def deserialize_distribution(config: dict) -> tfd.Distribution:
 
 
 def _deserialize_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_deserialize_value(v) for v in value]
     if isinstance(value, dict):
         if "distribution" in value:
             return deserialize_distribution(value["distribution"])

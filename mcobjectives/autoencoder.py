@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -72,7 +73,17 @@ def _unpack(data) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
                 "A batch given as a dict needs the key 'x' and may hold only 'context' and "
                 f"'seed' besides; got keys {sorted(data)}."
             )
-        return data["x"], data.get("context"), data.get("seed")
+        seed = data.get("seed")
+        rank = getattr(getattr(seed, "shape", None), "rank", None)
+        if seed is not None and rank is None:
+            rank = np.ndim(seed)
+        if seed is not None and rank is not None and rank != 2:
+            raise ValueError(
+                "A batch's 'seed' holds one stateless seed per data point, shape [B, 2]; got "
+                f"rank {rank}. Make each example's seed a pair, e.g. "
+                "tf.stack([index, tf.fill(tf.shape(index), run_seed)], axis=1)."
+            )
+        return data["x"], data.get("context"), seed
     if isinstance(data, (tuple, list)):
         raise ValueError(
             f"A batch must be x or a dict {{'x': ..., 'context': ..., 'seed': ...}}; got a "
@@ -190,7 +201,12 @@ class ImportanceWeightedAutoencoder(keras.Model):
 
     Saving. `model.save("m.keras")` / `keras.models.load_model` round-trip the model:
     the networks and prior layers by their Keras configs (custom layers registered as
-    usual), the objective by its `get_config`, a fixed TFP prior by its parameters.
+    usual), the objective by its `get_config`, a fixed TFP prior by its parameters. A
+    `.keras` file and `tf.train.Checkpoint(model=..., optimizer=...)` also hold the
+    optimizer, whose step counter seeds the steps: a run resumed from them draws what it
+    would have drawn. `save_weights` holds the model's weights only (beta and the
+    skipped-step counters included), as in Keras: a run resumed from it restarts the
+    optimizer and its step counter.
 
     Args:
       encoder: a Keras layer mapping x (or x, context) to q(z|x), a TFP distribution
@@ -242,6 +258,7 @@ class ImportanceWeightedAutoencoder(keras.Model):
                 f"{type(objective).__name__}."
             )
         _checks.check_count("seed", seed, minimum=0)
+        sampling.stateless_seed(seed)  # its range, checked now rather than at the first step
         _checks.check_count("max_nonfinite_steps", max_nonfinite_steps)
         self.encoder = encoder
         self.decoder = decoder
@@ -285,9 +302,15 @@ class ImportanceWeightedAutoencoder(keras.Model):
         return adopted
 
     # ----------------------------------------------------------------- the model
-    def posterior(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
-        """q(z|x) (or q(z|x, c)), batch shape [B]: a distribution or a `JointDistribution`."""
-        return self.encoder(x) if context is None else self.encoder(x, context)
+    def posterior(
+        self, x: tf.Tensor, context: tf.Tensor | None = None, training: bool = False
+    ) -> tfd.Distribution:
+        """q(z|x) (or q(z|x, c)), batch shape [B]: a distribution or a `JointDistribution`.
+
+        `training` reaches the encoder's layers (Dropout, BatchNormalization).
+        """
+        inputs = (x,) if context is None else (x, context)
+        return _call(self.encoder, inputs, training)
 
     def _check_prior_context(self, context) -> None:
         if isinstance(self.prior, tfd.Distribution):
@@ -304,35 +327,43 @@ class ImportanceWeightedAutoencoder(keras.Model):
                 "None.)"
             )
 
-    def prior_distribution(self, context: tf.Tensor | None = None) -> tfd.Distribution:
+    def prior_distribution(
+        self, context: tf.Tensor | None = None, training: bool = False
+    ) -> tfd.Distribution:
         """p(z) (or p(z|c)): the fixed prior, `prior(context)`, or, without a context, `prior()`."""
         self._check_prior_context(context)
         if isinstance(self.prior, tfd.Distribution):
             return self.prior
-        return self.prior() if context is None else self.prior(context)
+        return _call(self.prior, () if context is None else (context,), training)
 
-    def log_joint(self, x: tf.Tensor, context: tf.Tensor | None = None) -> Callable:
+    def log_joint(
+        self, x: tf.Tensor, context: tf.Tensor | None = None, training: bool = False
+    ) -> Callable:
         """The function z -> log p(x, z) [S, B] (or log p(x, z | c)), z in q's structure.
 
         The decoder and a prior layer receive z flattened to leaves [S*B, *event] (and
         the context tiled to [S*B, ...]); a fixed prior's `log_prob` receives z whole.
+        `training` reaches their layers.
         """
         self._check_prior_context(context)
         fixed_prior = self.prior if isinstance(self.prior, tfd.Distribution) else None
         # An unconditional prior layer is the same for every sample: built once.
-        shared_prior = self.prior() if fixed_prior is None and context is None else None
+        shared_prior = (
+            _call(self.prior, (), training) if fixed_prior is None and context is None else None
+        )
 
         def log_joint(z):
             leading = tf.shape(tf.nest.flatten(z)[0])[:2]
             flat_z = tf.nest.map_structure(_flatten_samples, z)
             flat_context = None if context is None else _tile_batch(context, leading[0])
-            likelihood = (
-                self.decoder(flat_z) if context is None else self.decoder(flat_z, flat_context)
-            )
+            inputs = (flat_z,) if context is None else (flat_z, flat_context)
+            likelihood = _call(self.decoder, inputs, training)
             log_px = self._unflatten(likelihood.log_prob(_tile_batch(x, leading[0])), leading)
             if fixed_prior is not None:
                 return fixed_prior.log_prob(z) + log_px
-            prior = shared_prior if shared_prior is not None else self.prior(flat_context)
+            prior = shared_prior
+            if prior is None:
+                prior = _call(self.prior, (flat_context,), training)
             return self._unflatten(prior.log_prob(flat_z), leading) + log_px
 
         return log_joint
@@ -348,19 +379,24 @@ class ImportanceWeightedAutoencoder(keras.Model):
             )
         return tf.reshape(log_prob, leading)
 
-    def objective_result(self, data, seed=None) -> ObjectiveResult:
+    def objective_result(self, data, seed=None, training: bool = False) -> ObjectiveResult:
         """The objective on one batch: an `ObjectiveResult` (loss, bound, log weights, ESS).
 
         Args:
           data: a batch (see the module docstring).
           seed: the stateless seed; default: the batch's per-example seeds if it has
             them, else the model's seed folded with the optimizer's step counter.
+          training: passed to the networks' layers (True in `train_step`).
         """
         x, context, _ = _unpack(data)
         if seed is None:
             seed = self._seed_for(data)
-        log_joint = self.log_joint(x, context)  # checks the context first
-        result = self.objective(self.posterior(x, context), log_joint, seed=seed)
+        if _takes_training(self.log_joint):
+            log_joint = self.log_joint(x, context, training=training)  # checks the context
+        else:  # a subclass's log_joint(x, context) of its own
+            log_joint = self.log_joint(x, context)
+        q = self.posterior(x, context, training)
+        result = self.objective(q, log_joint, seed=seed)
         self._remember_batch(x, context)
         return result
 
@@ -466,6 +502,8 @@ class ImportanceWeightedAutoencoder(keras.Model):
           (gradients, variables, result): aligned lists of gradients and variables
           (model variables first, then inference variables), and the `ObjectiveResult`.
 
+        The networks run in training mode (`training=True`), as in `train_step`.
+
         Raises:
           ValueError: if the loss reads a trainable variable the model does not track.
         """
@@ -473,7 +511,7 @@ class ImportanceWeightedAutoencoder(keras.Model):
 
     def _gradients(self, data, seed, num_replicas, optimizer) -> tuple[list, list, ObjectiveResult]:
         with tf.GradientTape() as tape:
-            result = self.objective_result(data, seed)
+            result = self.objective_result(data, seed, training=True)
             if num_replicas is None:
                 num_replicas = _num_replicas()
             loss = result.loss / num_replicas
@@ -502,8 +540,8 @@ class ImportanceWeightedAutoencoder(keras.Model):
     # ------------------------------------------------------------ Keras hooks
     def call(self, inputs, training: bool = False) -> tf.Tensor:
         """The objective's bound per data point, [B], with the evaluation seeds."""
-        del training
-        return self.objective_result(inputs, self._evaluation_seed_for(inputs)).bound
+        seed = self._evaluation_seed_for(inputs)
+        return self.objective_result(inputs, seed, training=bool(training)).bound
 
     def _evaluation_seed_for(self, data) -> tf.Tensor:
         _, _, data_seed = _unpack(data)
@@ -602,16 +640,18 @@ class ImportanceWeightedAutoencoder(keras.Model):
         return [self._loss_tracker, self._bound_tracker, self._ess_tracker]
 
     def _update_metrics(self, result: ObjectiveResult, finite: tf.Tensor) -> dict[str, tf.Tensor]:
-        # A skipped step's values are left out of the means (weight 0, and no NaN * 0).
+        # Means over data points, whatever the batch sizes (a last, smaller batch counts
+        # for its size); a skipped step's values are left out (weight 0, no NaN * 0).
         weight = tf.cast(finite, result.loss.dtype)
 
         def kept(value):
-            value = tf.reduce_mean(value)
             return tf.where(finite, value, tf.zeros_like(value))
 
-        self._loss_tracker.update_state(kept(result.loss), sample_weight=weight)
-        self._bound_tracker.update_state(kept(result.bound), sample_weight=weight)
-        self._ess_tracker.update_state(kept(result.ess), sample_weight=weight)
+        batch_size = tf.cast(tf.size(result.bound), result.loss.dtype)
+        self._loss_tracker.update_state(kept(result.loss), sample_weight=weight * batch_size)
+        per_example = tf.broadcast_to(weight, tf.shape(result.bound))
+        self._bound_tracker.update_state(kept(result.bound), sample_weight=per_example)
+        self._ess_tracker.update_state(kept(result.ess), sample_weight=per_example)
         logs = {m.name: m.result() for m in self.metrics}
         logs["nonfinite_steps"] = tf.convert_to_tensor(self.nonfinite_steps)
         return logs
@@ -696,6 +736,12 @@ class ImportanceWeightedAutoencoder(keras.Model):
             self.built = True
             return
         context = None
+        if (
+            isinstance(input_shape, (list, tuple))
+            and len(input_shape) == 1
+            and isinstance(input_shape[0], (list, tuple, tf.TensorShape))
+        ):
+            input_shape = input_shape[0]  # Keras' shapes of a call on [x]
         if isinstance(input_shape, Mapping):  # a dict batch's shapes
             input_shape, context = input_shape.get("x"), input_shape.get("context")
         if not isinstance(input_shape, (list, tuple, tf.TensorShape)) or len(input_shape) < 1:
@@ -722,6 +768,20 @@ def _callable_without_arguments(layer) -> bool:
     except ValueError:  # no signature (a builtin): let the call itself decide
         return True
     return True
+
+
+def _takes_training(method) -> bool:
+    try:
+        return "training" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _call(network, inputs: tuple, training: bool):
+    """network(*inputs), with `training` for a Keras layer (its layers see the mode)."""
+    if isinstance(network, keras.layers.Layer):
+        return network(*inputs, training=training)
+    return network(*inputs)
 
 
 class _StopWhenStalled(keras.callbacks.Callback):
@@ -802,6 +862,13 @@ def make_train_step(
         raise ValueError(
             "`model` has no variables yet: call it on a batch (model(batch)) or "
             "model.build(input_shape) before make_train_step."
+        )
+    if strategy is not None and not strategy.extended.variable_created_in_scope(
+        optimizer.iterations.value
+    ):
+        raise ValueError(
+            "`optimizer` was created outside `strategy.scope()`: create it (and the model) "
+            "inside the scope, so that its variables are mirrored like the model's."
         )
     compiled = getattr(model, "optimizer", None)
     if compiled is None:

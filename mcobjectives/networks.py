@@ -140,6 +140,38 @@ def _refuse_context(layer: keras.layers.Layer, context) -> None:
         )
 
 
+def _flat_features(layer: keras.layers.Layer, x) -> tf.Tensor:
+    """x as the layer's compute dtype; images [B, H, W, C] refused: a dense network.
+
+    x may be [features], [B, features] or [S, B, features]; a rank of 4 or more is an
+    image batch, whose last axis (the channels) a dense network would read as features.
+    """
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank is not None and x.shape.rank > 3:
+        raise ValueError(
+            f"{type(layer).__name__} is a dense network of x [B, features], but x has shape "
+            f"{x.shape}: flatten it (tf.reshape(x, [B, -1]) or keras.layers.Flatten), or "
+            "write a convolutional encoder for images."
+        )
+    return tf.cast(x, layer.compute_dtype)
+
+
+def _check_event_shape(distribution: tfd.Distribution, x) -> None:
+    """x's trailing dimensions must be the decoder's event shape (e.g. [784] for MNIST)."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        return
+    shape, event = tf.TensorShape(shape), distribution.event_shape
+    if shape.rank is None or event.rank is None:
+        return
+    if shape.rank < event.rank or not shape[shape.rank - event.rank :].is_compatible_with(event):
+        raise ValueError(
+            f"p(x|z) of a BernoulliDecoder has event shape {event} but x has shape {shape}: "
+            f"flatten x to [B, {event.num_elements()}] (as the encoder reads it), or use a "
+            "decoder whose event shape is x's (e.g. tfd.Independent(..., 3) for images)."
+        )
+
+
 def _refuse_raw_intensities(x) -> None:
     """Raises a TypeError if x (a tensor or an array) is uint8, the dtype of raw pixels."""
     try:
@@ -202,14 +234,17 @@ class _PixelBernoulli(tfd.Independent):
 
     def log_prob(self, value, name="log_prob", **kwargs):
         _refuse_raw_intensities(value)
+        _check_event_shape(self, value)
         return super().log_prob(value, name=name, **kwargs)
 
     def prob(self, value, name="prob", **kwargs):
         _refuse_raw_intensities(value)
+        _check_event_shape(self, value)
         return super().prob(value, name=name, **kwargs)
 
     def unnormalized_log_prob(self, value, name="unnormalized_log_prob", **kwargs):
         _refuse_raw_intensities(value)
+        _check_event_shape(self, value)
         return super().unnormalized_log_prob(value, name=name, **kwargs)
 
     def _log_prob(self, x, **kwargs):
@@ -353,7 +388,7 @@ class GaussianEncoder(_DiagonalGaussian):
         self.net.build((None, x_shape[-1] + _context_size(context_shape)))
 
     def call(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
-        return self._distribution(_concat_context(tf.cast(x, self.compute_dtype), context))
+        return self._distribution(_concat_context(_flat_features(self, x), context))
 
 
 @keras.saving.register_keras_serializable(package="mcobjectives")
@@ -441,7 +476,7 @@ class TwoLayerGaussianEncoder(keras.layers.Layer):
         self.q_z2.build((None, self.latent_sizes[0] + context_size))
 
     def call(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.JointDistribution:
-        q_z1 = self.q_z1(_concat_context(tf.cast(x, self.compute_dtype), context))
+        q_z1 = self.q_z1(_concat_context(_flat_features(self, x), context))
 
         def q_z2(z1):
             return self.q_z2(_concat_context(tf.cast(z1, self.compute_dtype), context))
@@ -589,7 +624,7 @@ class SigmoidBeliefEncoder(keras.layers.Layer):
             self.q_z2.build((None, self.latent_sizes[0] + context_size))
 
     def call(self, x: tf.Tensor, context: tf.Tensor | None = None) -> tfd.JointDistribution:
-        model = {"z1": self.q_z1(_concat_context(tf.cast(x, self.compute_dtype), context))}
+        model = {"z1": self.q_z1(_concat_context(_flat_features(self, x), context))}
         if self.q_z2 is not None:
 
             def q_z2(z1):

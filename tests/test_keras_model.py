@@ -532,3 +532,89 @@ def test_mirrored_fit_with_per_example_seeds_and_a_learnable_beta_equals_one_dev
     assert result["max_diff"] < 1e-5
     assert result["beta"] != 0.5
     assert abs(result["beta"] - result["single_beta"]) < 1e-6
+
+
+# --- 8. training mode, metrics and inputs (from a new-user audit) -------------------
+
+
+class _RecordingEncoder(GaussianEncoder):
+    """A GaussianEncoder whose MLP output passes BatchNormalization and records `training`."""
+
+    def __init__(self):
+        super().__init__(LATENT, HIDDEN)
+        self.norm = keras.layers.BatchNormalization(name="norm")
+        self.modes = []
+
+    def call(self, x, context=None, training=None):
+        self.modes.append(training)
+        return super().call(self.norm(x, training=training))
+
+
+def test_fit_runs_the_networks_in_training_mode_and_predict_in_inference_mode():
+    encoder = _RecordingEncoder()
+    model = mco.ImportanceWeightedAutoencoder(
+        encoder, BernoulliDecoder(784, HIDDEN), _normal_prior(), mco.IWAE(K)
+    )
+    model(TRAIN[:BATCH])
+    moving_mean = encoder.norm.moving_mean.numpy().copy()
+    encoder.modes.clear()
+    _fit(model, TRAIN[:40])
+    assert encoder.modes and all(mode is True for mode in encoder.modes)
+    assert not np.array_equal(encoder.norm.moving_mean.numpy(), moving_mean)
+    encoder.modes.clear()
+    model.predict(TRAIN[:5], verbose=0)
+    model.evaluate(TRAIN[:5], verbose=0)
+    assert encoder.modes and not any(encoder.modes)
+
+
+def test_evaluate_averages_over_data_points_whatever_the_batch_size():
+    """A last batch of 1 point counts for 1 point: evaluate's bound is predict's mean."""
+    model = _model(mco.IWAE(K))
+    model.compile(keras.optimizers.Adam())
+    x = TRAIN[:100]
+    mean = float(np.mean(model.predict(x, batch_size=100, verbose=0)))
+    for batch_size in (7, 33, 99):
+        logs = model.evaluate(x, batch_size=batch_size, verbose=0, return_dict=True)
+        np.testing.assert_allclose(logs["bound"], mean, rtol=1e-5)
+        np.testing.assert_allclose(logs["loss"], -mean, rtol=1e-5)
+
+
+def test_a_batch_seed_that_is_not_one_pair_per_example_is_refused():
+    model = _model(mco.IWAE(K))
+    model.compile(keras.optimizers.Adam())
+    data = tf.data.Dataset.from_tensor_slices({"x": TRAIN[:40], "seed": np.arange(40)}).batch(20)
+    with pytest.raises(ValueError, match=r"'seed'.*\[B, 2\]"):
+        model.fit(data, verbose=0)
+
+
+def test_image_shaped_x_with_dense_networks_is_refused_with_the_fix():
+    images = TRAIN[:4].reshape(4, 28, 28, 1)
+    with pytest.raises(ValueError, match="flatten"):
+        GaussianEncoder(LATENT, HIDDEN)(images)
+    model = mco.ImportanceWeightedAutoencoder(
+        ConvEncoder(), BernoulliDecoder(784, HIDDEN), _normal_prior(), mco.IWAE(K)
+    )
+    with pytest.raises(ValueError, match=r"flatten x to \[B, 784\]"):
+        model(images)
+
+
+def test_make_train_step_refuses_an_optimizer_made_outside_the_strategy_scope():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = _model(mco.IWAE(K))
+        model(TRAIN[:BATCH])
+    with pytest.raises(ValueError, match=r"strategy\.scope"):
+        mco.make_train_step(model, keras.optimizers.Adam(), strategy=strategy)
+
+
+def test_calling_the_model_on_a_one_element_list_builds_it_for_x():
+    model = _model(mco.IWAE(K))
+    assert model([TRAIN[:3]]).shape == (3,)
+
+
+def test_a_seed_out_of_range_is_refused_by_the_constructor():
+    with pytest.raises(ValueError, match="seed"):
+        mco.ImportanceWeightedAutoencoder(
+            GaussianEncoder(LATENT, HIDDEN), BernoulliDecoder(784, HIDDEN), _normal_prior(),
+            mco.IWAE(K), seed=2**64,
+        )  # fmt: skip
