@@ -35,9 +35,48 @@ again to resume.
 Data come from TensorFlow Datasets (`TFDS_DATA_DIR` or TFDS's default folder, or a
 download). Offline and without prepared data, the run falls back to a small bundled
 subset of real MNIST digits, says so, and records "mnist-bundled-subset" as the dataset.
+
+Every flag is checked at startup, before any data are loaded: invalid flags stop the
+run with exit status 2 and one line per problem, naming the flag and what to give
+instead. `python examples/mnist.py --help` lists the flags (--helpfull also TensorFlow's).
+
+Resuming. The first start stores the run's configuration in <out_dir>/config.json. A
+rerun resumes only if it agrees with it on every flag that defines the run (data,
+model, objective, learning rate, seed, ...); it may change how long the run trains
+(--epochs, --max_steps), how it evaluates, logs and checkpoints (--eval_*, --log_every,
+--checkpoint_every) and where it runs (--strategy, --num_cpu_devices, --jit_compile);
+otherwise it is refused, naming the flags that differ (exit status 1). An out_dir is
+locked by the run using it (<out_dir>/.lock): a second run there is refused. A damaged
+latest checkpoint (say, from a full disk) is moved to checkpoints/corrupt/ and the run
+resumes from the previous one. A step whose loss or gradients are not finite stops the
+run (exit status 1) before anything is saved from it, suggesting a lower
+--learning_rate.
+
+Several machines. `--strategy=multi_worker` trains under
+`tf.distribute.MultiWorkerMirroredStrategy`, each worker on an equal share of every
+global batch (--batch_size must be a multiple of the number of workers), and ends with
+the parameters one machine would reach, up to the order of floating-point sums. Start
+the same command on every machine, each with the cluster's addresses and its own task
+in the TF_CONFIG environment variable (worker 0 is the chief):
+
+    # on host1                                         # on host2: "index": 1
+    export TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+                       "task": {"type": "worker", "index": 0}}'
+    python examples/mnist.py --strategy=multi_worker --out_dir=/shared/runs/iwae
+
+Only the chief writes metrics, summaries and checkpoints to --out_dir; the others save
+to a temporary folder, as TensorFlow requires, and delete it at exit. To resume, every
+worker restores the chief's latest checkpoint, so --out_dir must be on a filesystem all
+machines share (without one, a multi-worker run can start but not resume).
 """
 
 from __future__ import annotations
+
+import os
+
+# TensorFlow's C++ start-up messages (CPU features, missing CUDA) are not this run's
+# news; TF_CPP_MIN_LOG_LEVEL=0 in the environment brings them back.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
@@ -60,6 +99,8 @@ flags.DEFINE_enum(
 )
 
 FLAGS = flags.FLAGS
+# --help lists the flags of experiment.py with this script's own.
+flags.adopt_module_key_flags(experiment)
 
 
 def one_layer(objective: mco.MCObjective, train_images: np.ndarray):
@@ -115,33 +156,36 @@ def score_function_objectives() -> list[str]:
     ]
 
 
-def check_objective(objective: mco.MCObjective) -> None:
-    """Refuses, at startup, an objective or size flags the chosen architecture cannot use."""
-    architecture = FLAGS.architecture
+def architecture_problems() -> list[str]:
+    """What the chosen --architecture cannot take: flags it ignores, an objective it refuses."""
+    architecture, problems = FLAGS.architecture, []
     if architecture != "one_layer":
         for flag in ("latent_size", "hidden_units"):
             if FLAGS[flag].present:
-                raise ValueError(
+                problems.append(
                     f"--{flag} sizes --architecture=one_layer only; --architecture="
-                    f"{architecture} has the sizes of its papers (see examples/mnist.py)."
+                    f"{architecture} has the sizes of its papers (see examples/mnist.py): "
+                    f"leave --{flag} unset."
                 )
-    if architecture == "sbn" and objective.gradient_path is not mco.GradientPath.SCORE:
+    cls = mco.registry.OBJECTIVES[FLAGS.objective]
+    if architecture == "sbn" and getattr(cls, "gradient_path", None) is not mco.GradientPath.SCORE:
         choices = " or ".join(f"--objective={name}" for name in score_function_objectives())
-        raise ValueError(
+        problems.append(
             f"--architecture=sbn has discrete (binary) latents, which --objective="
-            f"{FLAGS.objective} cannot train: {type(objective).__name__} differentiates "
-            f"through the samples z. Use a score-function objective: {choices}."
+            f"{FLAGS.objective} cannot train: {cls.__name__} differentiates through the "
+            f"samples z. Use a score-function objective: {choices}."
         )
+    return problems
 
 
 def main(argv):
-    del argv
-    experiment.run(
+    experiment.main(
+        argv,
         build_model=BUILDERS[FLAGS.architecture],
         to_batch=lambda x: {"x": x},
         task="mnist",
         architecture=FLAGS.architecture,
-        check_objective=check_objective,
+        extra_problems=architecture_problems,
     )
 
 

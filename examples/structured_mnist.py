@@ -9,11 +9,17 @@ inference network q(z|x, c). Every objective of the library trains it unchanged:
 model only differs from `mnist.py`'s by taking a context. The reported bounds are of
 log p(x|c), the bottom half's 392 pixels given the top half.
 
-Flags are those of `mnist.py` (see `examples/experiment.py`); the defaults follow Tucker
-et al.'s batch of 32 and Adam learning rate 3e-4 (with Burda et al.'s stage decay).
+Flags are those of `mnist.py` (see `examples/experiment.py`, and `mnist.py` for their
+checks, resuming and --strategy=multi_worker); the defaults follow Tucker et al.'s batch
+of 32 and Adam learning rate 3e-4 (with Burda et al.'s stage decay).
 """
 
 from __future__ import annotations
+
+import os
+
+# TensorFlow's C++ start-up messages are not this run's news (see mnist.py).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +30,7 @@ import mcobjectives as mco
 import experiment
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(experiment)  # --help lists the flags of experiment.py
 FLAGS.set_default("batch_size", 32)
 FLAGS.set_default("learning_rate", 3e-4)
 
@@ -51,8 +58,7 @@ def build_model(objective: mco.MCObjective, train_images: np.ndarray):
 
 
 def main(argv):
-    del argv
-    experiment.run(build_model=build_model, to_batch=to_batch, task="structured_mnist")
+    experiment.main(argv, build_model=build_model, to_batch=to_batch, task="structured_mnist")
 
 
 if __name__ == "__main__":
