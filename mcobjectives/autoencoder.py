@@ -838,7 +838,7 @@ def make_train_step(
     1 / num_replicas, so the update is that of the global batch.
 
     Args:
-      model: the model; its variables must exist (call it on a batch first).
+      model: the model.
       optimizer: a Keras optimizer (created in the strategy's scope, if any).
       jit_compile: whether to compile the gradient computation with XLA.
       strategy: an optional `tf.distribute.Strategy`.
@@ -858,11 +858,6 @@ def make_train_step(
             "scaling: pass keras.optimizers.LossScaleOptimizer(optimizer) as `optimizer` "
             "(model.compile wraps it for fit)."
         )
-    if not model.built:
-        raise ValueError(
-            "`model` has no variables yet: call it on a batch (model(batch)) or "
-            "model.build(input_shape) before make_train_step."
-        )
     if strategy is not None and not strategy.extended.variable_created_in_scope(
         optimizer.iterations.value
     ):
@@ -878,7 +873,8 @@ def make_train_step(
             "`optimizer` differs from the optimizer the model was compiled with: the step "
             "counter that seeds each step must be the one that advances."
         )
-    if not optimizer.built:
+    if model.built and not optimizer.built:
+        # Slots made now, in the strategy's scope; otherwise at the first step's trace.
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             optimizer.build(model.trainable_variables)
 

@@ -618,3 +618,11 @@ def test_a_seed_out_of_range_is_refused_by_the_constructor():
             GaussianEncoder(LATENT, HIDDEN), BernoulliDecoder(784, HIDDEN), _normal_prior(),
             mco.IWAE(K), seed=2**64,
         )  # fmt: skip
+
+
+def test_make_train_step_builds_an_unbuilt_model_at_its_first_step():
+    model = _model(mco.DReG(K))
+    step = mco.make_train_step(model, keras.optimizers.Adam(), jit_compile=True)
+    assert bool(step(tf.constant(TRAIN[:BATCH]))["finite"])
+    assert bool(step(tf.constant(TRAIN[BATCH : 2 * BATCH]))["finite"])
+    assert int(model.optimizer.iterations) == 2
