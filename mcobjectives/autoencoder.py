@@ -905,9 +905,20 @@ def make_train_step(
             )
         return {"loss": loss, "bound": bound, "ess": ess, "finite": finite > 0.5}
 
-    def checked_step(batch):
-        logs = step(batch)
-        model.raise_if_stalled()
+    return _TrainStep(step, model)
+
+
+class _TrainStep:
+    """The `tf.function` step, then the check for consecutive non-finite steps; the
+    function's attributes (e.g. `experimental_get_tracing_count`) are reachable."""
+
+    def __init__(self, step, model: ImportanceWeightedAutoencoder):
+        self._step, self._model = step, model
+
+    def __call__(self, batch) -> dict[str, tf.Tensor]:
+        logs = self._step(batch)
+        self._model.raise_if_stalled()
         return logs
 
-    return checked_step
+    def __getattr__(self, name: str):
+        return getattr(self._step, name)
