@@ -34,6 +34,11 @@ DSNR against the estimator's own mean needs that mean first: the estimates are k
 when they fit in `max_stored_elements`, and are otherwise drawn again from the same
 seeds in a second pass.
 
+The same statistics apply to numbers at hand: `snr` of a mean and a variance,
+`directional_snr` of kept estimates along a direction, `snr_noise_floor` (the plug-in SNR
+of pure noise) and `random_direction_dsnr` (the DSNR of pure noise), and
+`t_statistic_summary` of a set of paired t statistics.
+
 References:
   [1] Rainforth, Kosiorek, Le, Maddison, Igl, Wood, Teh. Tighter Variational Bounds
       are Not Necessarily Better. ICML 2018.
@@ -57,11 +62,15 @@ from mcobjectives.base import ObjectiveResult
 __all__ = [
     "GradientEstimator",
     "GradientStatistics",
+    "directional_snr",
     "gradient_estimates",
     "gradient_statistics",
     "log_log_slope",
     "make_gradient_estimator",
     "random_direction_dsnr",
+    "snr",
+    "snr_noise_floor",
+    "t_statistic_summary",
 ]
 
 GradientEstimator = Callable[[tf.Tensor], Any]
@@ -410,7 +419,7 @@ def gradient_statistics(
         num_estimates=num_estimates,
         mean=pack(m.mean for m in moments),
         variance=pack(m.variance for m in moments),
-        snr=pack(_ratio(m.mean, np.sqrt(m.variance)) for m in moments),
+        snr=pack(snr(m.mean, m.variance) for m in moments),
     )
     if ratios:
         leaves = per_leaf(ratios)
@@ -457,6 +466,115 @@ def gradient_estimates(
         keep_estimates=True,
         jit_compile=jit_compile,
     ).estimates
+
+
+def snr(mean, variance) -> np.ndarray:
+    """The signal-to-noise ratio |mean| / sqrt(variance), elementwise (Rainforth et al. eq. 4).
+
+    SNR = |E[Delta]| / sqrt(Var[Delta]) per parameter, here of a given mean and variance
+    (e.g. `GradientStatistics.reference_mean` and `.reference_variance`, or one
+    estimator's mean over another's variance). 0 where both are 0 (a parameter the
+    estimator never moves), inf where only the variance is 0; NaN where either is NaN.
+
+    Raises:
+      ValueError: if the shapes differ or a variance is negative.
+    """
+    mean, variance = np.asarray(mean, np.float64), np.asarray(variance, np.float64)
+    if mean.shape != variance.shape:
+        raise ValueError(f"`mean` {mean.shape} and `variance` {variance.shape} differ in shape.")
+    if np.any(variance < 0):
+        raise ValueError("`variance` must be >= 0 everywhere.")
+    return _ratio(mean, np.sqrt(variance))
+
+
+def directional_snr(estimates, direction) -> tuple[float, tuple[float, float]]:
+    """The DSNR of given estimates along a direction, and the quartiles of its ratios.
+
+    With u = direction / ||direction||, each estimate Delta splits into Delta_par =
+    (Delta . u) u and Delta_perp = Delta - Delta_par, and
+
+        DSNR = mean over estimates of ||Delta_par|| / ||Delta_perp||
+
+    (Rainforth et al. eq. 12), what `gradient_statistics(dsnr_direction=...)` reports per
+    leaf. A ratio is 0 for a zero estimate and inf for one along u.
+
+    Args:
+      estimates: [R, ...], R estimates of the direction's shape.
+      direction: a nonzero array, the shape of one estimate.
+
+    Returns:
+      (DSNR, (25 % quantile, 75 % quantile) of the R ratios); NaN for a direction of one
+      number (there is no perpendicular part).
+    """
+    estimates = np.asarray(estimates, np.float64)
+    direction = np.asarray(direction, np.float64)
+    if estimates.ndim < 1 or estimates.shape[1:] != direction.shape or not len(estimates):
+        raise ValueError(
+            f"`estimates` must be [R, *direction.shape] with R >= 1, got {estimates.shape} "
+            f"for a direction of shape {direction.shape}."
+        )
+    ratios = _directional_ratios(estimates, _unit(direction, "direction"))
+    return float(np.mean(ratios)), _quartiles(ratios)
+
+
+def snr_noise_floor(num_estimates: int) -> float:
+    """The expected plug-in SNR of R estimates of a zero-mean Gaussian gradient.
+
+    With R independent N(0, s^2) estimates, |sample mean| / sample std = |T| / sqrt(R), T
+    Student's t with nu = R - 1 degrees of freedom, so the floor is
+
+        E|T| / sqrt(R) = sqrt(nu / (pi R)) Gamma((nu - 1) / 2) / Gamma(nu / 2)
+                       = sqrt(2 / (pi R)) (1 + 3 / (4 R) + O(1 / R^2)),
+
+    the SNR that R estimates show where the true SNR is 0 (0.008 for R = 10^4). Plug-in
+    SNRs near it cannot be told from noise. inf for R = 2 (E|T| diverges for nu = 1).
+    """
+    num_estimates = _checks.check_count("num_estimates", num_estimates, minimum=2)
+    nu = num_estimates - 1
+    if nu == 1:
+        return math.inf
+    log_gammas = math.lgamma((nu - 1) / 2) - math.lgamma(nu / 2)
+    return math.sqrt(nu / (math.pi * num_estimates)) * math.exp(log_gammas)
+
+
+_T_LIMIT = 3.0  # the |t| of `fraction_abs_t_above_3`
+
+
+def t_statistic_summary(t) -> dict[str, float]:
+    """A summary of paired t statistics (e.g. `GradientStatistics.bias_t_statistic`).
+
+    Exact zeros are left out: `gradient_statistics` gives t = 0 where the two estimators
+    agree draw by draw, which tests nothing. Over the n others (inf included: a constant
+    nonzero difference):
+
+        count                   n
+        zeros                   the number of exact zeros left out
+        mean_t_squared          mean of t^2 (about 1 if every t ~ N(0, 1))
+        max_abs_t               max |t|
+        fraction_abs_t_above_3  the fraction with |t| > 3 (0.27 % if every t ~ N(0, 1))
+        expected_max_abs_t      sqrt(2 ln(2 n)), the leading-order size of the largest |t|
+                                of n independent N(0, 1)
+
+    The last four are NaN when n = 0.
+
+    Raises:
+      ValueError: if a t statistic is NaN.
+    """
+    t = np.abs(np.asarray(t, np.float64).ravel())
+    if np.isnan(t).any():
+        raise ValueError("`t` holds NaN: t statistics are numbers or +-inf.")
+    kept = t[t != 0]
+    n = int(kept.size)
+    with np.errstate(over="ignore"):
+        squares = kept**2
+    return {
+        "count": n,
+        "zeros": int(t.size - n),
+        "mean_t_squared": float(np.mean(squares)) if n else math.nan,
+        "max_abs_t": float(np.max(kept)) if n else math.nan,
+        "fraction_abs_t_above_3": float(np.mean(kept > _T_LIMIT)) if n else math.nan,
+        "expected_max_abs_t": math.sqrt(2.0 * math.log(2 * n)) if n else math.nan,
+    }
 
 
 def random_direction_dsnr(dim: int) -> float:

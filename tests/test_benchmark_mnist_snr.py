@@ -1,4 +1,5 @@
-"""benchmarks/mnist_snr.py from its command line with tiny flags, as a user would run it.
+"""benchmarks/mnist_snr.py from its command line with tiny flags, as a user would run it;
+figures.py redraws its figures from its results.json alone.
 
 The run reads the bundled MNIST subset (TFDS_DATA_DIR pointed at an empty folder and
 --nodownload): loading the full MNIST from TFDS alone takes longer than the whole run.
@@ -8,15 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "mnist_snr.py"
+from tests.benchmark_cli import assert_figures_redrawn, background_run, load_script
+
 OBJECTIVES = ("iwae", "rws")
 LAYERS = ("hidden_0", "hidden_1", "output")
 TINY = (
@@ -36,17 +35,16 @@ TINY = (
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, pathlib.Path]:
+    """The tiny run; meanwhile this process imports what the redraw test needs."""
+    env = {"TFDS_DATA_DIR": str(tmp_path_factory.mktemp("no_tfds"))}
     out_dir = tmp_path_factory.mktemp("mnist_snr")
-    no_tfds = tmp_path_factory.mktemp("no_tfds")
-    process = subprocess.run(
-        [sys.executable, str(SCRIPT), *TINY, f"--out_dir={out_dir}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "TFDS_DATA_DIR": str(no_tfds)},
-    )
-    return process, out_dir
+    with background_run("mnist_snr", TINY, out_dir, env) as (process, _):
+        import matplotlib.figure  # noqa: F401
+
+        load_script("figures")
+        returncode = process.wait(timeout=600)
+    stdout, stderr = ((out_dir / f"{f}.txt").read_text() for f in ("stdout", "stderr"))
+    return subprocess.CompletedProcess(process.args, returncode, stdout, stderr), out_dir
 
 
 def _positive(value) -> bool:
@@ -82,7 +80,7 @@ def test_runs_and_writes_json_and_figures(run):
                     assert _positive(snr["mean"]) and math.isfinite(snr["std"])
                     assert _positive(snr["median_all"])
             assert _positive(checkpoint["paired"]["variance_ratio"])
-            assert _positive(checkpoint["paired"]["mean_t_squared"])
+            assert _positive(checkpoint["paired"]["t_summary"]["mean_t_squared"])
             assert math.isfinite(checkpoint["test_iwae64"]) and checkpoint["test_iwae64"] < 0
     assert record["runs"]["iwae"]["objective"] == "IWAE(num_samples=64)"
     assert record["runs"]["rws"]["objective"] == "RWS(num_samples=64)"
@@ -111,8 +109,15 @@ def test_runs_start_from_the_same_weights(run):
     assert process.returncode == 0, process.stderr[-3000:]
     runs = json.loads((out_dir / "results.json").read_text())["runs"]
     iwae, rws = (runs[name]["checkpoints"] for name in ("iwae", "rws"))
+    first, last = ([run[i]["paired"]["t_summary"] for run in (iwae, rws)] for i in (0, 1))
     for key in ("mean_t_squared", "max_abs_t"):
-        assert iwae[0]["paired"][key] == pytest.approx(rws[0]["paired"][key], rel=1e-3)
-    assert iwae[1]["paired"]["mean_t_squared"] != pytest.approx(
-        rws[1]["paired"]["mean_t_squared"], rel=1e-3
-    )
+        assert first[0][key] == pytest.approx(first[1][key], rel=1e-3)
+    assert last[0]["mean_t_squared"] != pytest.approx(last[1]["mean_t_squared"], rel=1e-3)
+
+
+def test_figures_are_redrawn_from_results_json(run, tmp_path):
+    """figures.py draws both figures of the run again from its results.json, identically."""
+    process, out_dir = run
+    assert process.returncode == 0, process.stderr[-3000:]
+    names = assert_figures_redrawn(out_dir, tmp_path)
+    assert names == ["fig8_snr.png", "tucker_fig2_variance.png"]
