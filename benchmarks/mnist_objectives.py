@@ -203,7 +203,7 @@ def draw(results: dict, path: pathlib.Path) -> None:
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
         ax.set_title(f"{title}: {results['config']['steps']} steps (mean +- sd)")
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].legend(loc="center right", fontsize=8)
     fig.tight_layout()
     _harness.save_figure(fig, path)
     plt.close(fig)
