@@ -448,10 +448,10 @@ class ImportanceWeightedAutoencoder(keras.Model):
         seed = self.step_seed(_EVALUATION_STREAM)
         return _content_seeds(seed, [x] if context is None else [x, context])
 
-    def _seed_for(self, data, stream: int | None = None) -> tf.Tensor:
-        """The batch's per-example seeds if it has them, else `step_seed(stream)`."""
+    def _seed_for(self, data) -> tf.Tensor:
+        """The batch's per-example seeds if it has them, else this step's `step_seed()`."""
         _, _, data_seed = _unpack(data)
-        return data_seed if data_seed is not None else self.step_seed(stream)
+        return data_seed if data_seed is not None else self.step_seed()
 
     # ---------------------------------------------------------------- variables
     def _variable_split(self) -> tuple[list, list]:
