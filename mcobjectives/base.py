@@ -47,9 +47,16 @@ inference gradient is a score-function estimator with a leave-one-out baseline:
      surrogate is sum_k c_k log w_k differentiated in full (z keeps its gradient).
      One backward pass: the cheapest, for objectives whose model and inference
      gradients are the total derivative of one expression (IWAE, MIWAE, CIWAE).
-   * `GradientPath.SPLIT`: log p and log q are evaluated at stop_gradient(z) and the
-     path term is formed from d log w / dz (an inner tape): model, path and score
-     coefficients may all differ (STL, DReG, PIWAE, JVI-DReG).
+   * `GradientPath.SPLIT`: model, path and score coefficients may all differ (STL,
+     DReG, PIWAE, JVI-DReG). Still one backward pass through the model: log p is
+     evaluated at z whose gradient is rescaled by path_k / model_k per sample, so
+     the caller's tape gives model_k d log p / d theta and path_k d log p / dz_k
+     together; log q, cheap, is evaluated at stop_gradient(z) and differentiated
+     w.r.t. z on an inner tape. A batch in which a sample's model coefficient is too
+     small to carry a path coefficient that matters (|model_k| < 2^-80 while
+     |path_k| > 2^-60 max |path|: PIWAE's far-off groups, say) takes a second
+     backward pass for d log p / dz instead (a `tf.cond`), which calls `log_joint`
+     again at stop_gradient(z).
    * `GradientPath.SCORE`: as SPLIT without a path term, so q need not be
      reparameterized and may have discrete leaves (RWS, VIMCO). Returning a path
      coefficient raises.
@@ -380,11 +387,18 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         else:
             fixed_z = tf.nest.map_structure(tf.stop_gradient, z)
             continuous = [leaf for leaf in tf.nest.flatten(fixed_z) if leaf.dtype.is_floating]
+            # Only log q is differentiated w.r.t. z on an inner tape: q's density is cheap.
+            # log p, the model's cost, is differentiated once, by the caller's tape.
             with tf.GradientTape(watch_accessed_variables=False) as inner:
                 inner.watch(continuous)
                 log_q = _checks.log_prob(q, fixed_z)
-                log_p = self._log_joint(log_joint, fixed_z, log_q)
-                log_w = log_p - log_q
+            path_ratio = _Deferred()
+            if path is GradientPath.SPLIT:
+                model_z = tf.nest.map_structure(lambda leaf: _scale_gradient(leaf, path_ratio), z)
+            else:
+                model_z = fixed_z
+            log_p = self._log_joint(log_joint, model_z, log_q)
+            log_w = log_p - log_q
 
         stopped = tf.stop_gradient(log_w)
         value = self._checked_value(self._value(stopped), stopped)
@@ -397,18 +411,31 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
             if coefficients.score is not None:
                 surrogate += tf.reduce_sum(coefficients.score * log_q, axis=0)
             if coefficients.path is not None:
-                dlogw_dz = inner.gradient(
-                    log_w, continuous, unconnected_gradients=tf.UnconnectedGradients.ZERO
-                )
                 live = [leaf for leaf in tf.nest.flatten(z) if leaf.dtype.is_floating]
-                path_term = 0.0
-                for grad, leaf, fixed in zip(dlogw_dz, live, continuous, strict=True):
-                    event_axes = list(range(2, leaf.shape.rank))
-                    # Value 0; gradient: d log w / dz (q's parameters fixed) * dz / dphi.
-                    path_term += tf.reduce_sum(
-                        tf.stop_gradient(grad) * (leaf - fixed), axis=event_axes
+                dlogq_dz = inner.gradient(
+                    log_q, continuous, unconnected_gradients=tf.UnconnectedGradients.ZERO
+                )
+                surrogate -= tf.reduce_sum(
+                    coefficients.path * _path_term(dlogq_dz, live, continuous), axis=0
+                )
+                ratio, one_pass = _path_ratio(coefficients.model, coefficients.path)
+                path_ratio.value = ratio
+
+                def second_pass():
+                    # d log p / dz on its own backward pass, for the rare batch whose
+                    # path coefficients cannot ride on the model coefficients.
+                    with tf.GradientTape(watch_accessed_variables=False) as tape:
+                        tape.watch(continuous)
+                        log_p_fixed = self._log_joint(log_joint, fixed_z, log_q)
+                    dlogp_dz = tape.gradient(
+                        log_p_fixed, continuous, unconnected_gradients=tf.UnconnectedGradients.ZERO
                     )
-                surrogate += tf.reduce_sum(coefficients.path * path_term, axis=0)
+                    term = _path_term(dlogp_dz, live, continuous)
+                    return tf.reduce_sum(coefficients.path * term, axis=0)
+
+                surrogate += tf.cond(one_pass, lambda: tf.zeros_like(value), second_pass)
+            else:
+                path_ratio.value = tf.zeros_like(stopped)
 
         loss = -tf.reduce_mean(value + surrogate - tf.stop_gradient(surrogate))
         return ObjectiveResult(
@@ -513,3 +540,58 @@ def _ensure_same_shape(tensor: tf.Tensor, like: tf.Tensor, what: str) -> tf.Tens
     )
     with tf.control_dependencies([check]):
         return tf.identity(tensor)
+
+
+# Below this magnitude a model coefficient cannot carry a path coefficient: the product
+# model_k * (d log p / dz_k) it multiplies into the backward pass would lose precision
+# to float32's subnormal range. A path coefficient at most this fraction of the largest
+# one is below float32's (and float64's) resolution of the summed gradient.
+_SMALLEST_CARRIER = 2.0**-80
+_NEGLIGIBLE_PATH = 2.0**-60
+
+
+class _Deferred:
+    """A value set after the forward pass, read by a gradient function."""
+
+    value: tf.Tensor | None = None
+
+
+def _scale_gradient(leaf: tf.Tensor, ratio: _Deferred) -> tf.Tensor:
+    """`leaf`, whose gradient is multiplied by `ratio.value` [S, B] per sample.
+
+    The ratio is the objective's path coefficient over its model coefficient, known only
+    once log p has been evaluated at this leaf; it is read when the gradient is taken.
+    """
+
+    @tf.custom_gradient
+    def identity(x):
+        def gradient(upstream):
+            scale = ratio.value
+            scale = tf.reshape(
+                scale, tf.concat([tf.shape(scale), tf.ones([x.shape.rank - 2], tf.int32)], 0)
+            )
+            return upstream * tf.cast(scale, upstream.dtype)
+
+        return tf.identity(x), gradient
+
+    return identity(leaf)
+
+
+def _path_ratio(model: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(path / model where the model coefficient can carry it, else 0; whether one pass
+    suffices), the second False when a sample whose model coefficient is too small to
+    carry it has a path coefficient that is not negligible."""
+    carrier = tf.abs(model) >= _SMALLEST_CARRIER
+    ratio = tf.where(carrier, path / tf.where(carrier, model, tf.ones_like(model)), 0.0)
+    negligible = tf.abs(path) <= _NEGLIGIBLE_PATH * tf.reduce_max(tf.abs(path))
+    one_pass = tf.reduce_all(carrier | negligible)
+    return tf.where(one_pass, ratio, tf.zeros_like(ratio)), one_pass
+
+
+def _path_term(gradients, live, fixed) -> tf.Tensor:
+    """sum over leaves of stop(g) . (z - stop(z)), [S, B]: value 0, gradient g dz/dphi."""
+    term = 0.0
+    for grad, leaf, stopped in zip(gradients, live, fixed, strict=True):
+        event_axes = list(range(2, leaf.shape.rank))
+        term += tf.reduce_sum(tf.stop_gradient(grad) * (leaf - stopped), axis=event_axes)
+    return term
