@@ -48,7 +48,7 @@ import tensorflow_probability as tfp
 
 from mcobjectives import _checks, _serialization, sampling
 from mcobjectives.base import MCObjective, ObjectiveResult
-from mcobjectives.evaluation import log_marginal_estimate
+from mcobjectives.evaluation import _estimate_seed, log_marginal_estimate
 
 tfd = tfp.distributions
 
@@ -657,21 +657,68 @@ class ImportanceWeightedAutoencoder(keras.Model):
         return logs
 
     # ------------------------------------------------------------- evaluation
-    def log_marginal(self, data, seed, num_samples: int = 5000, chunk_size: int = 500) -> tf.Tensor:
+    def log_marginal(
+        self,
+        data,
+        seed,
+        num_samples: int = 5000,
+        chunk_size: int = 500,
+        jit_compile: bool | str = "auto",
+    ) -> tf.Tensor:
         """log p^(x) per data point ([B]): the IWAE bound with `num_samples`, chunked.
 
-        See `mcobjectives.log_marginal_estimate`; `seed` is one stateless seed. Works for
-        structured and discrete q (no gradient is taken).
+        `mcobjectives.log_marginal_estimate` of q(z|x) and log p(x, z): chunk i draws
+        with the i-th seed of the split of `seed`, memory is bounded by one chunk. Works
+        for structured and discrete q (no gradient is taken).
+
+        The estimate runs in a `tf.function` kept by the model, traced once per K, chunk
+        size, jit mode and batch signature (the batch size is generalized after its
+        first change) and reused across batches and seeds, whether called eagerly or
+        inside the caller's own `tf.function`. Under XLA each chunk's elementwise work
+        (the noise, the log densities of q and of the likelihood over [chunk_size * B,
+        *event], the fold) is fused into a few loops where TensorFlow's kernels make
+        one pass over memory per operation. XLA compiles run-time assertions away, such
+        as `BernoulliDecoder`'s check that the pixels lie in [0, 1] (its uint8 refusal
+        is static and remains): pass `jit_compile=False` to keep them. XLA's results
+        differ from TensorFlow's kernels' by float rounding.
+
+        Args:
+          data: a batch: x, or a dict with "x" and optionally "context" (a "seed" entry
+            is not used).
+          seed: one stateless seed (an int or a shape-[2] integer tensor).
+          num_samples: K >= 1.
+          chunk_size: samples per chunk, >= 1.
+          jit_compile: True (XLA), False (a `tf.function` without XLA) or "auto": XLA
+            unless one of the model's layers sets `supports_jit = False` (Keras'
+            declaration of ops that XLA cannot compile).
         """
+        if jit_compile == "auto" and isinstance(jit_compile, str):
+            jit_compile = all(
+                getattr(layer, "supports_jit", True) for layer in self._flatten_layers()
+            )
+        if not isinstance(jit_compile, bool):
+            raise TypeError(f"`jit_compile` must be True, False or 'auto', got {jit_compile!r}.")
         x, context, _ = _unpack(data)
-        log_joint = self.log_joint(x, context)  # checks the context first
-        return log_marginal_estimate(
-            self.posterior(x, context),
-            log_joint,
-            seed,
-            num_samples=num_samples,
-            chunk_size=chunk_size,
-        )
+        seed = _estimate_seed(seed)  # a tensor: a Python int would key a trace per seed
+        functions = self.__dict__.get("_log_marginal_functions")
+        if functions is None:  # not a Keras-tracked attribute: no weights, not saved
+            functions = {}
+            object.__setattr__(self, "_log_marginal_functions", functions)
+        if jit_compile not in functions:
+
+            def estimate(x, context, seed, num_samples, chunk_size):
+                log_joint = self.log_joint(x, context)  # checks the context first
+                return log_marginal_estimate(
+                    self.posterior(x, context), log_joint, seed, num_samples, chunk_size
+                )
+
+            functions[jit_compile] = tf.function(
+                estimate, jit_compile=jit_compile, reduce_retracing=True, autograph=False
+            )
+        x = tf.convert_to_tensor(x)
+        if context is not None:
+            context = tf.convert_to_tensor(context)
+        return functions[jit_compile](x, context, seed, num_samples, chunk_size)
 
     # ----------------------------------------------------------------- saving
     def get_config(self) -> dict:
@@ -817,7 +864,7 @@ def make_train_step(
     model: ImportanceWeightedAutoencoder,
     optimizer: keras.optimizers.Optimizer,
     *,
-    jit_compile: bool = False,
+    jit_compile: bool | str = "auto",
     strategy: tf.distribute.Strategy | None = None,
 ) -> Callable[[Any], dict[str, tf.Tensor]]:
     """A `tf.function` training step for a hand-written loop: the step of `model.fit`.
@@ -840,15 +887,20 @@ def make_train_step(
     Args:
       model: the model.
       optimizer: a Keras optimizer (created in the strategy's scope, if any).
-      jit_compile: whether to compile the gradient computation with XLA.
+      jit_compile: True (XLA), False (a `tf.function` without XLA) or "auto" (the
+        default): XLA when every layer of the model supports it, as `model.compile`
+        decides. XLA fuses the step's elementwise work around the matmuls, which makes
+        it the faster mode for these models (benchmarks/throughput.py measures both).
       strategy: an optional `tf.distribute.Strategy`.
     """
     if not isinstance(model, ImportanceWeightedAutoencoder):
         raise TypeError(f"`model` must be an ImportanceWeightedAutoencoder, got {type(model)}.")
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(f"`optimizer` must be a keras optimizer, got {type(optimizer).__name__}.")
+    if isinstance(jit_compile, str) and jit_compile == "auto":
+        jit_compile = all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
     if not isinstance(jit_compile, bool):
-        raise TypeError(f"`jit_compile` must be a bool, got {jit_compile!r}.")
+        raise TypeError(f"`jit_compile` must be True, False or 'auto', got {jit_compile!r}.")
 
     if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
         optimizer, keras.optimizers.LossScaleOptimizer
