@@ -48,15 +48,13 @@ inference gradient is a score-function estimator with a leave-one-out baseline:
      One backward pass: the cheapest, for objectives whose model and inference
      gradients are the total derivative of one expression (IWAE, MIWAE, CIWAE).
    * `GradientPath.SPLIT`: model, path and score coefficients may all differ (STL,
-     DReG, PIWAE, JVI-DReG). Still one backward pass through the model: log p is
-     evaluated at z whose gradient is rescaled by path_k / model_k per sample, so
+     DReG, PIWAE, JVI-DReG), in one backward pass through the model as well: log p
+     is evaluated at z whose gradient is rescaled by path_k / model_k per sample, so
      the caller's tape gives model_k d log p / d theta and path_k d log p / dz_k
      together; log q, cheap, is evaluated at stop_gradient(z) and differentiated
-     w.r.t. z on an inner tape. A batch in which a sample's model coefficient is too
-     small to carry a path coefficient that matters (|model_k| < 2^-80 while
-     |path_k| > 2^-60 max |path|: PIWAE's far-off groups, say) takes a second
-     backward pass for d log p / dz instead (a `tf.cond`), which calls `log_joint`
-     again at stop_gradient(z).
+     w.r.t. z on an inner tape. A model coefficient below 2^-60 in magnitude whose
+     path coefficient is not 0 is raised to +-2^-60 to carry it (see
+     `_carrier_and_ratio`): the model gradient moves by less than float resolution.
    * `GradientPath.SCORE`: as SPLIT without a path term, so q need not be
      reparameterized and may have discrete leaves (RWS, VIMCO). Returning a path
      coefficient raises.
@@ -407,7 +405,14 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         if path is GradientPath.TOTAL:
             surrogate = tf.reduce_sum(coefficients.model * log_w, axis=0)
         else:
-            surrogate = tf.reduce_sum(coefficients.model * log_p, axis=0)
+            carrier = coefficients.model
+            if coefficients.path is not None:
+                carrier, path_ratio.value = _carrier_and_ratio(
+                    coefficients.model, coefficients.path
+                )
+            else:
+                path_ratio.value = tf.zeros_like(stopped)
+            surrogate = tf.reduce_sum(carrier * log_p, axis=0)
             if coefficients.score is not None:
                 surrogate += tf.reduce_sum(coefficients.score * log_q, axis=0)
             if coefficients.path is not None:
@@ -415,27 +420,12 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
                 dlogq_dz = inner.gradient(
                     log_q, continuous, unconnected_gradients=tf.UnconnectedGradients.ZERO
                 )
-                surrogate -= tf.reduce_sum(
-                    coefficients.path * _path_term(dlogq_dz, live, continuous), axis=0
-                )
-                ratio, one_pass = _path_ratio(coefficients.model, coefficients.path)
-                path_ratio.value = ratio
-
-                def second_pass():
-                    # d log p / dz on its own backward pass, for the rare batch whose
-                    # path coefficients cannot ride on the model coefficients.
-                    with tf.GradientTape(watch_accessed_variables=False) as tape:
-                        tape.watch(continuous)
-                        log_p_fixed = self._log_joint(log_joint, fixed_z, log_q)
-                    dlogp_dz = tape.gradient(
-                        log_p_fixed, continuous, unconnected_gradients=tf.UnconnectedGradients.ZERO
-                    )
-                    term = _path_term(dlogp_dz, live, continuous)
-                    return tf.reduce_sum(coefficients.path * term, axis=0)
-
-                surrogate += tf.cond(one_pass, lambda: tf.zeros_like(value), second_pass)
-            else:
-                path_ratio.value = tf.zeros_like(stopped)
+                # Value 0; gradient -path_k d log q(z_k; phi fixed) / dz_k * dz_k / dphi.
+                term = 0.0
+                for grad, leaf, fixed in zip(dlogq_dz, live, continuous, strict=True):
+                    event_axes = list(range(2, leaf.shape.rank))
+                    term += tf.reduce_sum(tf.stop_gradient(grad) * (leaf - fixed), axis=event_axes)
+                surrogate -= tf.reduce_sum(coefficients.path * term, axis=0)
 
         loss = -tf.reduce_mean(value + surrogate - tf.stop_gradient(surrogate))
         return ObjectiveResult(
@@ -542,12 +532,11 @@ def _ensure_same_shape(tensor: tf.Tensor, like: tf.Tensor, what: str) -> tf.Tens
         return tf.identity(tensor)
 
 
-# Below this magnitude a model coefficient cannot carry a path coefficient: the product
-# model_k * (d log p / dz_k) it multiplies into the backward pass would lose precision
-# to float32's subnormal range. A path coefficient at most this fraction of the largest
-# one is below float32's (and float64's) resolution of the summed gradient.
-_SMALLEST_CARRIER = 2.0**-80
-_NEGLIGIBLE_PATH = 2.0**-60
+# The smallest magnitude with which a sample's log p enters the surrogate while it
+# carries a path coefficient: 2^-60 keeps model_k * (d log p / dz_k), and every partial
+# product of the backward pass through the model, far above float32's subnormal range
+# (and CPU kernels that flush subnormals to zero).
+_SMALLEST_CARRIER = 2.0**-60
 
 
 class _Deferred:
@@ -559,39 +548,35 @@ class _Deferred:
 def _scale_gradient(leaf: tf.Tensor, ratio: _Deferred) -> tf.Tensor:
     """`leaf`, whose gradient is multiplied by `ratio.value` [S, B] per sample.
 
-    The ratio is the objective's path coefficient over its model coefficient, known only
-    once log p has been evaluated at this leaf; it is read when the gradient is taken.
+    The ratio (path over model coefficient) is known only once log p has been
+    evaluated at this leaf; it is read when the gradient is taken.
     """
 
     @tf.custom_gradient
     def identity(x):
         def gradient(upstream):
-            scale = ratio.value
-            scale = tf.reshape(
-                scale, tf.concat([tf.shape(scale), tf.ones([x.shape.rank - 2], tf.int32)], 0)
-            )
-            return upstream * tf.cast(scale, upstream.dtype)
+            scale = tf.cast(ratio.value, upstream.dtype)
+            trailing = tf.ones([x.shape.rank - 2], tf.int32)
+            return upstream * tf.reshape(scale, tf.concat([tf.shape(scale), trailing], 0))
 
         return tf.identity(x), gradient
 
     return identity(leaf)
 
 
-def _path_ratio(model: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(path / model where the model coefficient can carry it, else 0; whether one pass
-    suffices), the second False when a sample whose model coefficient is too small to
-    carry it has a path coefficient that is not negligible."""
-    carrier = tf.abs(model) >= _SMALLEST_CARRIER
-    ratio = tf.where(carrier, path / tf.where(carrier, model, tf.ones_like(model)), 0.0)
-    negligible = tf.abs(path) <= _NEGLIGIBLE_PATH * tf.reduce_max(tf.abs(path))
-    one_pass = tf.reduce_all(carrier | negligible)
-    return tf.where(one_pass, ratio, tf.zeros_like(ratio)), one_pass
+def _carrier_and_ratio(model: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(the coefficient of log p in the surrogate, the factor on z's gradient), [S, B].
 
-
-def _path_term(gradients, live, fixed) -> tf.Tensor:
-    """sum over leaves of stop(g) . (z - stop(z)), [S, B]: value 0, gradient g dz/dphi."""
-    term = 0.0
-    for grad, leaf, stopped in zip(gradients, live, fixed, strict=True):
-        event_axes = list(range(2, leaf.shape.rank))
-        term += tf.reduce_sum(tf.stop_gradient(grad) * (leaf - stopped), axis=event_axes)
-    return term
+    The carrier is the model coefficient, raised to +-2^-60 where it is smaller and the
+    path coefficient is not 0 (PIWAE's samples in a group far below the best, or a model
+    coefficient of exactly 0): the model gradient then gains at most 2^-60 |d log p_k /
+    d theta| per such sample, below float resolution, while z_k's gradient is
+    carrier_k * ratio_k * d log p_k / dz_k = path_k d log p_k / dz_k exactly (the ratio
+    there is path_k * 2^60, an exact scaling).
+    """
+    floor = tf.where(model < 0, -_SMALLEST_CARRIER, _SMALLEST_CARRIER)
+    raised = (tf.abs(model) < _SMALLEST_CARRIER) & (path != 0)
+    carrier = tf.where(raised, tf.cast(floor, model.dtype), model)
+    nonzero = carrier != 0
+    ratio = tf.where(nonzero, path / tf.where(nonzero, carrier, tf.ones_like(carrier)), 0.0)
+    return carrier, ratio

@@ -186,8 +186,6 @@ class _Sampler:
     """Draws chunks of estimates of one or more estimators on the same seeds."""
 
     def __init__(self, estimators: Sequence[GradientEstimator], jit_compile: bool):
-        self._estimators = estimators
-
         # The library's samplers vectorize fully; ops pfor cannot vectorize (TF's own
         # stateless RNG, used by distributions `sampling` does not recognise) run as a
         # while loop, with a warning from TensorFlow.
@@ -197,42 +195,10 @@ class _Sampler:
             )
 
         self._draw = tf.function(draw, jit_compile=jit_compile)
-        self._jit_compile = jit_compile
-        self._draw_in_loop = None
-        self._vectorized = True
         self.structure = None  # the first estimator's output nest, once drawn
 
-    def _loop(self, seeds: tf.Tensor):
-        if self._draw_in_loop is None:
-
-            def one(s):
-                return tuple(f(s) for f in self._estimators)
-
-            spec = tf.TensorSpec(seeds.shape[1:], seeds.dtype)
-            outputs = tf.function(one).get_concrete_function(spec).structured_outputs
-            signature = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), outputs)
-            self._draw_in_loop = tf.function(
-                lambda seeds: tf.map_fn(one, seeds, fn_output_signature=signature),
-                jit_compile=self._jit_compile,
-            )
-        return self._draw_in_loop(seeds)
-
     def __call__(self, seeds: tf.Tensor) -> list:
-        if self._vectorized:
-            try:
-                out = self._draw(seeds)
-            except ValueError as error:
-                # pfor cannot convert some graphs whole (a cond whose branch holds a
-                # vectorized TFP computation, as an AutoBatched JointDistribution's):
-                # such estimators are drawn one seed at a time. An error of the
-                # estimator itself fails again there and is raised as it was.
-                try:
-                    out = self._loop(seeds)
-                except Exception:
-                    raise error from None
-                self._vectorized = False
-        else:
-            out = self._loop(seeds)
+        out = self._draw(seeds)
         self.structure = out[0]
         return [[np.asarray(t, np.float64) for t in tf.nest.flatten(o)] for o in out]
 
