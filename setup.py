@@ -26,5 +26,7 @@ setup(
             "matplotlib",
             "tensorboard",
         ],
+        # Peer frameworks timed beside ours by benchmarks/throughput.py (optional).
+        "peers": ["jax", "jaxlib", "optax", "torch"],
     },
 )

@@ -6,8 +6,10 @@
 * `Timed`, `time_rounds`, `rate_summary`: interleaved timing rounds on a shared machine.
 * `peak_memory`, `run_commands`: peak resident memory of a probe, one subprocess each.
 * `machine_info`, `flag_values`: what ran, where, with which flags.
-* `burda_networks`, `burda_model`, `adam`, `binarize`, `load_mnist`: Burda et al.'s
-  one-stochastic-layer MNIST model from `mcobjectives.networks`, its optimizer and data.
+* `burda_networks`, `burda_model`, `adam`, `load_mnist`: Burda et al.'s
+  one-stochastic-layer MNIST model, its optimizer and its data, from
+  `mcobjectives.experimental.mnist` (which the examples use too); `binarize`, NumPy
+  draws for throughput.py's data.
 
 TensorFlow, Keras and the library are imported by the functions that use them: figures.py,
 which draws from results.json alone, starts without them.
@@ -241,58 +243,66 @@ def flag_values(module_name: str = "__main__", exclude: Sequence[str] = ()) -> d
 
 
 # ------------------------------------------------------------------------ the model
+# Burda et al.'s model, its optimizer and its data are those of the examples, from
+# `mcobjectives.experimental.mnist`; these wrappers keep the benchmarks' call signatures.
 def prior() -> tfp.distributions.Distribution:
     """p(z) = N(0, I) in LATENT_SIZE dimensions."""
-    import tensorflow_probability as tfp
+    from mcobjectives.experimental import mnist
 
-    tfd = tfp.distributions
-    return tfd.Independent(tfd.Normal(np.zeros(LATENT_SIZE, "f4"), np.ones(LATENT_SIZE, "f4")), 1)
+    return mnist.standard_normal_prior(LATENT_SIZE)
 
 
 def burda_networks(x, seed: int, mean_pixel: np.ndarray | None = None):
     """Burda et al.'s encoder 784-200-200-(2 x 50) and decoder 50-200-200-784 (tanh units).
 
-    `mco.networks.GaussianEncoder` and `BernoulliDecoder` (whose output bias starts at the
-    logit of `mean_pixel`, if given), built on `x`; the same `seed` gives the same weights.
+    `mnist.one_layer_networks` (the decoder's output bias starts at the logit of
+    `mean_pixel`, if given), built on `x`; the same `seed` gives the same weights.
     """
     import keras
 
-    import mcobjectives as mco
+    from mcobjectives.experimental import mnist
 
     keras.utils.set_random_seed(seed)
-    encoder = mco.networks.GaussianEncoder(latent_size=LATENT_SIZE)
-    decoder = mco.networks.BernoulliDecoder(event_size=PIXELS, mean_pixel=mean_pixel)
+    encoder, decoder = mnist.one_layer_networks(
+        mean_pixel, num_pixels=PIXELS, latent_size=LATENT_SIZE
+    )
     encoder(x)
     decoder(np.zeros([1, LATENT_SIZE], np.float32))
     return encoder, decoder
 
 
 def burda_model(objective: mco.MCObjective, x, seed: int, mean_pixel=None):
-    """`mco.ImportanceWeightedAutoencoder` of `burda_networks`, built on `x`."""
-    import mcobjectives as mco
+    """`mnist.one_layer` (the examples' model) trained with `objective`, built on `x`; the
+    same `seed` gives the same weights as `burda_networks`."""
+    import keras
 
-    encoder, decoder = burda_networks(x, seed, mean_pixel)
-    model = mco.ImportanceWeightedAutoencoder(encoder, decoder, prior(), objective, seed=seed)
+    from mcobjectives.experimental import mnist
+
+    keras.utils.set_random_seed(seed)
+    model = mnist.one_layer(
+        objective, mean_pixel, seed=seed, num_pixels=PIXELS, latent_size=LATENT_SIZE
+    )
     model(x)
     return model
 
 
 def adam(learning_rate: float = 1e-3) -> keras.optimizers.Optimizer:
-    """The optimizer of Burda et al. and Tucker et al.: Adam, epsilon 1e-4."""
-    import keras
+    """The optimizer of Burda et al. and Tucker et al.: `mnist.adam`, epsilon 1e-4."""
+    from mcobjectives.experimental import mnist
 
-    return keras.optimizers.Adam(learning_rate, epsilon=1e-4)
+    return mnist.adam(learning_rate)
 
 
 def binarize(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Dynamic binarization: each pixel ~ Bernoulli(its intensity), float32."""
+    """Each pixel ~ Bernoulli(its intensity), drawn from a NumPy generator, float32: for
+    throughput.py's data, which only time the steps. The MNIST benchmarks binarize with
+    `mnist.binarize`, the examples' stateless binarization."""
     return (rng.random(images.shape, dtype=np.float32) < images).astype(np.float32)
 
 
 def load_mnist(dataset: str = "mnist", download: bool = False, log=print):
-    """`examples/mnist_data.load_mnist`: TFDS MNIST, else the bundled subset."""
-    if str(ROOT / "examples") not in sys.path:  # examples/ is not a package
-        sys.path.insert(0, str(ROOT / "examples"))
-    import mnist_data
+    """`mcobjectives.experimental.mnist.load_mnist`: TFDS MNIST, else the bundled subset
+    (by default without downloading)."""
+    from mcobjectives.experimental import mnist
 
-    return mnist_data.load_mnist(dataset, download=download, log=log)
+    return mnist.load_mnist(dataset, download=download, log=log)

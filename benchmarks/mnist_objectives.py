@@ -10,7 +10,9 @@ starts at the logit of the mean training image) on dynamically binarized MNIST, 
 20, Adam(1e-3, epsilon 1e-4), for `--steps` steps, with a budget of 64 weights per data
 point for every objective. It then evaluates, on the first `--eval_size` test images
 binarized once with a fixed seed: the IWAE-64 bound, log p^(x) with K = 5000, -KL(Q||P)
-= IWAE-64 - log p^(x), the mean ESS of 64 samples over 64, and the active units.
+= IWAE-64 - log p^(x), the mean ESS of 64 samples over 64, and the active units. The
+model, the binarization and the evaluation are the examples' own
+(`mcobjectives.experimental.mnist`), with the same evaluation seeds for every run.
 
 Results go to <out_dir>/results.json: `config` (the flags and the data source), `machine`
 and `runs`, one record per
@@ -31,15 +33,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import _harness
-import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 from absl import app, flags
 
 import mcobjectives as mco
-
-tfd = tfp.distributions
+from mcobjectives.experimental import mnist
 
 # The budget of 64 weights per data point, as in Rainforth et al. (2018) table 1.
 OBJECTIVES = {
@@ -62,34 +61,28 @@ RAINFORTH_TABLE_1 = {
     "VAE(M=64)": ((-86.69, 0.08), (-86.21, 0.19)),
 }
 KEYS = {name.split("(")[0].lower(): name for name in OBJECTIVES}
+# How the runs are evaluated, recorded in results.json's config: runs evaluated otherwise
+# (an earlier version's own evaluation) do not mix with these.
+EVALUATION = "mcobjectives.experimental.mnist.evaluate"
 
-flags.DEFINE_list("objectives", list(KEYS), f"Objectives to run, of {sorted(KEYS)}.")
-flags.DEFINE_integer("seeds", 3, "Seeds per objective (0, 1, ...).")
-flags.DEFINE_integer("steps", 3000, "Training steps per run (batch 20: 3000 is one epoch).")
-flags.DEFINE_integer("eval_size", 1000, "Test images evaluated.")
-flags.DEFINE_integer("eval_num_samples", 5000, "K of the log p^(x) estimate.")
-flags.DEFINE_string("out_dir", "benchmarks/results/mnist_objectives", "Output folder.")
-flags.DEFINE_bool("download", True, "Let TensorFlow Datasets download MNIST if not prepared.")
-flags.DEFINE_bool("redraw", False, "Only redraw the figure and print the table from results.json.")
 FLAGS = flags.FLAGS
 
 
-def make_model(objective: mco.MCObjective, mean_pixel: np.ndarray, seed: int):
-    keras.utils.set_random_seed(seed)
-    return mco.ImportanceWeightedAutoencoder(
-        mco.networks.GaussianEncoder(50),
-        mco.networks.BernoulliDecoder(784, mean_pixel=mean_pixel),
-        _harness.prior(),
-        objective,
-        seed=seed,
-    )
+def define_flags() -> None:
+    """Defines the command-line flags (only when run as a script: importing is side-free)."""
+    flags.DEFINE_list("objectives", list(KEYS), f"Objectives to run, of {sorted(KEYS)}.")
+    flags.DEFINE_integer("seeds", 3, "Seeds per objective (0, 1, ...).")
+    flags.DEFINE_integer("steps", 3000, "Training steps per run (batch 20: 3000 is one epoch).")
+    flags.DEFINE_integer("eval_size", 1000, "Test images evaluated.")
+    flags.DEFINE_integer("eval_num_samples", 5000, "K of the log p^(x) estimate.")
+    flags.DEFINE_string("out_dir", "benchmarks/results/mnist_objectives", "Output folder.")
+    flags.DEFINE_bool("download", True, "Let TensorFlow Datasets download MNIST if not prepared.")
+    flags.DEFINE_bool("redraw", False, "Only redraw the figure and the table from results.json.")
 
 
 def train(model, train_images: np.ndarray, steps: int, seed: int) -> float:
     """`steps` Adam steps on dynamically binarized batches; returns seconds per step."""
-    optimizer = keras.optimizers.Adam(1e-3, epsilon=1e-4)
-    model(train_images[:20])
-    step = mco.make_train_step(model, optimizer, jit_compile=True)
+    step = mco.make_train_step(model, mnist.adam(1e-3), jit_compile=True)
     images = tf.constant(train_images)
     rng = np.random.default_rng(seed)
     per_epoch = len(train_images) // 20
@@ -99,9 +92,7 @@ def train(model, train_images: np.ndarray, steps: int, seed: int) -> float:
 
     @tf.function
     def batch(indices, t):
-        x = tf.gather(images, indices)
-        noise = tf.random.stateless_uniform(tf.shape(x), seed=tf.stack([seed, t]))  # seed: int
-        return tf.cast(noise < x, tf.float32)
+        return mnist.binarize(tf.gather(images, indices), tf.stack([seed, t]))  # seed: int
 
     start = time.perf_counter()
     for t in range(steps):
@@ -111,29 +102,16 @@ def train(model, train_images: np.ndarray, steps: int, seed: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def evaluate(model, test_x: np.ndarray, num_samples: int) -> dict:
-    """Test metrics of the trained model, batches of 100 images, fixed evaluation seeds."""
-    iwae64, log_px, ess, means = [], [], [], []
-    for start in range(0, len(test_x), 100):
-        x = tf.constant(test_x[start : start + 100])
-        seed = tf.constant([start, 1], tf.int32)
-        q, log_joint = model.posterior(x), model.log_joint(x)
-        result = mco.IWAE(64)(q, log_joint, seed=seed)
-        iwae64.append(result.bound.numpy())
-        ess.append(result.ess.numpy() / 64)
-        log_px.append(model.log_marginal(x, seed + 1, num_samples, min(500, num_samples)).numpy())
-        means.append(q.mean().numpy())
-    iwae64, log_px = float(np.mean(np.concatenate(iwae64))), float(np.mean(np.concatenate(log_px)))
-    return {
-        "iwae64": iwae64,
-        "log_px": log_px,
-        "neg_kl": iwae64 - log_px,
-        "ess_fraction": float(np.mean(np.concatenate(ess))),
-        "active_units": int(mco.active_units(np.concatenate(means))),
-    }
-
-
 METRICS = ("iwae64", "log_px", "neg_kl", "ess_fraction", "active_units")
+
+
+def evaluate(model, tests: list[dict], num_samples: int) -> dict:
+    """`METRICS` of the trained model (`mnist.evaluate`), with evaluation seeds fixed for
+    every run."""
+    result = mnist.evaluate(
+        model, tests, seed=0, num_samples=num_samples, chunk_size=min(500, num_samples)
+    )
+    return {metric: result[metric] for metric in METRICS}
 
 
 def summarize(runs: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -222,34 +200,39 @@ def main(argv):
     out_dir = pathlib.Path(FLAGS.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {f: getattr(FLAGS, f) for f in ("steps", "eval_size", "eval_num_samples")}
+    config["evaluation"] = EVALUATION
     path = out_dir / "results.json"
     if FLAGS.redraw:
         results = json.loads(path.read_text())
         draw(results, out_dir / "figure.png")
         print(markdown(summarize(results["runs"])))
         return
-    data = _harness.load_mnist("mnist", download=FLAGS.download)
-    train_images, test_images = data.train, data.test
+    data = mnist.load_mnist("mnist", download=FLAGS.download)
+    train_images = data.train
     config["dataset"] = data.source
-    test_x = (
-        np.random.default_rng(0).random((FLAGS.eval_size, 784)) < test_images[: FLAGS.eval_size]
-    ).astype(np.float32)
+    tests = mnist.test_batches(data.test[: FLAGS.eval_size], binarized=data.binarized)
     saved = json.loads(path.read_text()) if path.exists() else {"config": config, "runs": []}
     if saved["config"] != config:
-        raise app.UsageError(f"{path} holds runs of {saved['config']}: use another --out_dir.")
+        differ = sorted(
+            k for k in {*config, *saved["config"]} if config.get(k) != saved["config"].get(k)
+        )
+        raise app.UsageError(
+            f"{path} holds runs of {saved['config']}, which differ in {', '.join(differ)}: "
+            "use another --out_dir."
+        )
     saved.setdefault("machine", _harness.machine_info())
     mean_pixel = train_images.mean(axis=0)
     for seed in range(FLAGS.seeds):
         for name in names:
             if any(r["objective"] == name and r["seed"] == seed for r in saved["runs"]):
                 continue
-            model = make_model(OBJECTIVES[name](), mean_pixel, seed)
+            model = _harness.burda_model(OBJECTIVES[name](), train_images[:20], seed, mean_pixel)
             seconds = train(model, train_images, FLAGS.steps, seed)
             record = {
                 "objective": name,
                 "seed": seed,
                 "steps": FLAGS.steps,
-                **evaluate(model, test_x, FLAGS.eval_num_samples),
+                **evaluate(model, tests, FLAGS.eval_num_samples),
                 "seconds_per_step": seconds,
             }
             saved["runs"].append(record)
@@ -260,4 +243,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

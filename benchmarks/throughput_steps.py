@@ -1,19 +1,20 @@
-"""The steps `throughput.py` times besides the library's, their FLOPs, and its checks.
+"""The TensorFlow steps `throughput.py` times besides the library's, their FLOPs, its checks.
 
 * `handwritten_iwae_loss`: a minimal IWAE loss in plain TensorFlow on the library layers'
-  weights, the no-abstraction floor; `tfp_dreg_loss`: TFP's doubly reparameterized IWAE loss.
-* `noise_functions`, `library_noise`: the noise of one step, its parts and alternatives,
-  and a context in which the library draws its noise with one of them; `noise_configs` and
-  `matmul_config`: the noise and a matmul ceiling as timed configurations.
-* `step_gflop`, `eval_gflop`: matmul FLOPs of a training step and of log p^(x).
-* `handwritten_check`, `tfp_check`, `time_log_marginal`: the hand-written loss against the
-  library's IWAE on the same noise; TFP's DReG against `mco.DReG` within Monte Carlo error;
-  the cost of `model.log_marginal`.
+  weights, the no-abstraction floor; `tfp_dreg_loss`: TFP's doubly reparameterized IWAE loss;
+  `custom_runner`: either as a training step with `mco.make_train_step`'s structure.
+* `load_images`, `batches_of`: the data of the steps (synthetic, or MNIST).
+* `matmul_config`, `log_marginal_config`: the matmul ceiling at a size, and
+  `mco.log_marginal_estimate` (through `model.log_marginal`), as timed configurations.
+* `step_gflop`, `matmul_gflop`, `eval_gflop`: matmul FLOPs of a training step, of the
+  ceiling's matmul and of log p^(x).
+* `handwritten_check`, `tfp_check`: the hand-written loss against the library's IWAE on the
+  same noise; TFP's DReG against `mco.DReG` within Monte Carlo error.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ ENCODER_LAYERS = ((PIXELS, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, 2 * LATENT_SIZE))
 DECODER_LAYERS = ((LATENT_SIZE, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, PIXELS))
 
 
-# ---------------------------------------------------------------------------- the noise
+# ---------------------------------------------------------------------------- the steps
 def tf_normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
     """TensorFlow's stateless normal sampler with `sampling.standard_normal`'s signature,
     the algorithm named (Philox; "auto_select" gives the same draws, slower under XLA)."""
@@ -45,128 +46,107 @@ def tf_normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
     )
 
 
-def _bits(shape, seed, alg: str) -> tf.Tensor:
-    """uint32 bits from TensorFlow's stateless generator, seeded as `sampling` reads seeds."""
-    unsigned = tf.math.floormod(tf.cast(sampling.stateless_seed(seed), tf.int64), 2**32)
-    return tf.random.stateless_uniform(
-        shape, seed=unsigned, minval=None, maxval=None, dtype=tf.uint32, alg=alg
-    )
-
-
-def _uniform64(shape, seed, alg: str) -> tf.Tensor:
-    """24 random bits as a float64 in (0, 1)."""
-    mantissa = tf.bitwise.right_shift(_bits(shape, seed, alg), tf.constant(8, tf.uint32))
-    return (tf.cast(mantissa, tf.float64) + 0.5) * 2.0**-24
-
-
-def bits_ndtri_normal(shape, seed, dtype=tf.float32, alg: str = "philox") -> tf.Tensor:
-    """Float32 normal noise as the library's earlier recipe: TensorFlow's stateless uint32
-    bits (24 per number) and a float64 ndtri; that recipe left the algorithm unnamed."""
-    if tf.as_dtype(dtype) != tf.float32:
-        raise TypeError("this noise recipe is for float32 only")
-    return tf.cast(tf.math.ndtri(_uniform64(shape, seed, alg)), dtype)
-
-
-@contextlib.contextmanager
-def library_noise(replacement: Callable):
-    """While active (when a step is traced), the library draws its noise with `replacement`."""
-    original = sampling.standard_normal
-    sampling.standard_normal = replacement
-    try:
-        yield
-    finally:
-        sampling.standard_normal = original
-
-
-def noise_functions(shape) -> dict[str, Callable]:
-    """seed -> the standard normal noise of one step ([K, B, D]), a part of it, or another way.
-
-    `library` is `sampling.standard_normal`, `library_uint32_bits` its bit generator (where
-    it has one by that name), `ndtri_float64_and_cast` the rest of a float32 recipe on a fixed
-    uniform; `recipe_*` the earlier recipe with the algorithm unnamed and named, then
-    TensorFlow's own sampler and two candidate transforms of Philox bits.
-    """
-    shape = tf.constant(shape, tf.int32)
-    uniform = _uniform64(shape, tf.constant([1, 2], tf.int32), "philox")
-
-    def ndtri32(seed):
-        return tf.math.ndtri(tf.cast(_uniform64(shape, seed, "philox"), tf.float32))
-
-    def box_muller64(seed):  # pairs the two halves of the last axis (even size)
-        u1, u2 = tf.split(_uniform64(shape, seed, "philox"), 2, axis=-1)
-        radius, angle = tf.sqrt(-2.0 * tf.math.log(u1)), 2.0 * math.pi * u2
-        return tf.cast(tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], -1), tf.float32)
-
-    fns = {"library": lambda seed: sampling.standard_normal(shape, seed)}
-    library_bits = getattr(sampling, "_uint32_bits", None)
-    if library_bits is not None:
-        fns["library_uint32_bits"] = lambda seed: library_bits(shape, sampling.stateless_seed(seed))
-    return fns | {
-        "ndtri_float64_and_cast": lambda seed: tf.cast(tf.math.ndtri(uniform), tf.float32),
-        "recipe_auto_select": lambda seed: bits_ndtri_normal(shape, seed, alg="auto_select"),
-        "recipe_philox": lambda seed: bits_ndtri_normal(shape, seed, alg="philox"),
-        "auto_select_bits": lambda seed: _bits(shape, seed, "auto_select"),
-        "philox_bits": lambda seed: _bits(shape, seed, "philox"),
-        "tf_stateless_normal": lambda seed: tf.random.stateless_normal(
-            shape, sampling.stateless_seed(seed)
-        ),
-        "tf_stateless_normal_philox": lambda seed: tf_normal(shape, seed),
-        "candidate_ndtri_float32": ndtri32,
-        "candidate_box_muller_float64": box_muller64,
-    }
-
-
-def noise_agreement(fns: dict[str, Callable], seed) -> dict:
-    """max |difference| of draws between tf.function and XLA; Philox vs auto_select bits."""
-
-    def run(name, jit):
-        return tf.cast(tf.function(fns[name], jit_compile=jit, autograph=False)(seed), tf.float64)
-
-    def max_abs(a, b):
-        return float(tf.reduce_max(tf.abs(a - b)))
-
-    names = ("library", "recipe_philox", "candidate_ndtri_float32", "candidate_box_muller_float64")
-    out = {f"{name}_tf_vs_xla": max_abs(run(name, False), run(name, True)) for name in names}
-    reference = run("recipe_auto_select", False)
-    for jit, mode in ((False, "tf"), (True, "xla")):
-        out[f"recipe_philox_{mode}_vs_recipe_auto_select_tf"] = max_abs(
-            run("recipe_philox", jit), reference
-        )
-    return out
-
-
-def matmul_config(key: str, n: int, k: int, m: int, calls: int) -> Timed:
-    """An [n, k] x [k, m] float32 matmul in a tf.function: the attainable GFLOP/s."""
-    a, b = tf.random.stateless_normal([n, k], [1, 2]), tf.random.stateless_normal([k, m], [3, 4])
+def matmul_config(key: str, rows: int, units: int) -> Timed:
+    """The [rows, 200] x [200, 784] float32 matmul in a tf.function: the ceiling at that size."""
+    a = tf.random.stateless_normal([rows, HIDDEN], [1, 2])
+    b = tf.random.stateless_normal([HIDDEN, PIXELS], [3, 4])
     matmul = tf.function(tf.matmul, autograph=False)
     matmul(a, b).numpy()
-    info = {"kind": "matmul", "shape": [n, k, m], "gflop": 2e-9 * n * k * m}
-    return Timed(key, lambda count: [matmul(a, b) for _ in range(count)][-1], calls, info)
+    info = {"kind": "matmul", "rows": rows, "gflop": matmul_gflop(rows), "framework": "tensorflow"}
+    return Timed(key, lambda count: [matmul(a, b) for _ in range(count)][-1], units, info)
 
 
-def noise_configs(batch_sizes, jit_modes, k: int, seed: int, calls: int) -> list[Timed]:
-    """Each of `noise_functions` per batch size and jit mode, `calls` draws per round."""
-    timed = []
-    for batch_size in batch_sizes:
-        for fn_name, fn in noise_functions([k, batch_size, LATENT_SIZE]).items():
-            for jit in jit_modes:
-                compiled = tf.function(fn, jit_compile=jit, autograph=False)
-                seed0 = tf.constant([seed, 5], tf.int32)
-                compiled(seed0).numpy()
+def log_marginal_config(key: str, images: np.ndarray, args: dict, seed: int, jit: bool) -> Timed:
+    """`model.log_marginal` (`mco.log_marginal_estimate`) of one batch of images per call.
 
-                def run(count, compiled=compiled, seed0=seed0):
-                    return [compiled(seed0 + i) for i in range(count)][-1]
+    The model is untrained: its weights do not change the cost. The warm-up call's values
+    are kept in the info (mean log p^(x), all finite).
+    """
+    x = tf.constant(images)
+    model = _harness.burda_model(mco.IWAE(64), x[:1], seed)
 
-                shape = [k, batch_size, LATENT_SIZE]
-                info = {
-                    "kind": "noise",
-                    "name": fn_name,
-                    "batch_size": batch_size,
-                    "jit_compile": jit,
-                }
-                key = f"noise/{fn_name}/b{batch_size}/{'xla' if jit else 'tf'}"
-                timed.append(Timed(key, run, calls, {**info, "shape": shape}))
-    return timed
+    @tf.function(jit_compile=jit, autograph=False)
+    def estimate(s):
+        return model.log_marginal(x, s, args["num_samples"], args["chunk_size"])
+
+    base = tf.constant([seed, 0x10C], tf.int32)
+    values = estimate(base).numpy()
+
+    def run(count):
+        return [estimate(base + i) for i in range(count)][-1]
+
+    info = {
+        **args,
+        "kind": "log_marginal",
+        "jit_compile": jit,
+        "images": len(images),
+        "gflop": eval_gflop(len(images), args["num_samples"]),
+        "mean_log_px": float(np.mean(values)),
+        "all_finite": bool(np.all(np.isfinite(values))),
+    }
+    return Timed(key, run, 1, info)
+
+
+@dataclasses.dataclass
+class Runner:
+    """One model with its step functions, one per jit mode."""
+
+    name: str
+    steps: dict  # jit (bool) -> step(x)
+    framework: str  # "mcobjectives", "tensorflow" (hand-written) or "tfp"
+    gradient_kind: str  # "total", "split" or "score": the objective's `mco.GradientPath`
+    objective: str | None = None  # repr of the library's objective
+
+
+def custom_runner(name, loss_fn_of, example_x, jit_modes, seed, num_samples) -> Runner:
+    """A step with `make_train_step`'s structure around `loss_fn_of(encoder, decoder, K)`: the
+    seed folded from the step counter, the gradients alone under XLA, Adam outside."""
+    encoder, decoder = _harness.burda_networks(example_x, seed)
+    variables = decoder.trainable_variables + encoder.trainable_variables
+    optimizer = _harness.adam()
+    optimizer.build(variables)
+    loss_fn = loss_fn_of(encoder, decoder, num_samples)
+    base_seed = sampling.stateless_seed(seed)
+
+    def make_step(jit):  # autograph=False: no Python control flow on tensors here
+        @tf.function(jit_compile=jit, autograph=False)
+        def gradients(x, step_seed):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(x, step_seed)
+            return tape.gradient(loss, variables), loss
+
+        @tf.function(autograph=False)
+        def step(x):
+            counter = tf.cast(optimizer.iterations, tf.int64)
+            step_seed = tf.random.experimental.stateless_fold_in(base_seed, counter)
+            grads, loss = gradients(x, tf.cast(step_seed, tf.int32))
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
+            return loss
+
+        return step
+
+    framework = "tfp" if name == "tfp_dreg" else "tensorflow"
+    return Runner(name, {jit: make_step(jit) for jit in jit_modes}, framework, "total")
+
+
+def load_images(kind: str, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train, test, description): float32 binary images [N, 784]."""
+    rng = np.random.default_rng(seed)
+    if kind == "synthetic":
+        half = np.full((1000, 784), 0.5, np.float32)
+        train, test = _harness.binarize(half, rng), _harness.binarize(half, rng)
+        return train, test, "synthetic random binary images (each pixel on with probability 1/2)"
+    data = _harness.load_mnist("mnist", log=lambda s: print(s, flush=True))
+    if data.binarized:
+        return data.train, data.test, data.source
+    train, test = (_harness.binarize(images, rng) for images in (data.train, data.test))
+    return train, test, f"{data.source} (binarized once with seed {seed})"
+
+
+def batches_of(images: np.ndarray, batch_size: int, count: int = 8) -> list[tf.Tensor]:
+    """`count` consecutive batches, wrapping around the images."""
+    indices = np.arange(count * batch_size).reshape(count, batch_size) % len(images)
+    return [tf.constant(images[i]) for i in indices]
 
 
 # ---------------------------------------------------------------------------- the losses
@@ -182,11 +162,10 @@ def _mlp(h: tf.Tensor, weights: list) -> tf.Tensor:
     return h
 
 
-def handwritten_iwae_loss(encoder, decoder, num_samples: int, noise=tf_normal, tfp_bernoulli=False):
+def handwritten_iwae_loss(encoder, decoder, num_samples: int, noise=tf_normal) -> Callable:
     """(x, seed) -> -mean IWAE bound, in plain TensorFlow on the library layers' weights.
 
-    log q from the noise itself, hand-written Gaussian and Bernoulli log densities (with
-    `tfp_bernoulli`, log p(x|z) is TFP's `Bernoulli(logits).log_prob(x)`: a diagnostic).
+    log q from the noise itself, hand-written Gaussian and Bernoulli log densities.
     """
     encoder_weights, decoder_weights = _dense_weights(encoder.net), _dense_weights(decoder.net)
 
@@ -200,12 +179,7 @@ def handwritten_iwae_loss(encoder, decoder, num_samples: int, noise=tf_normal, t
         log_prior = tf.reduce_sum(-0.5 * tf.square(z), axis=-1)
         logits = _mlp(tf.reshape(z, [-1, LATENT_SIZE]), decoder_weights)
         logits = tf.reshape(logits, [num_samples, batch, PIXELS])
-        if tfp_bernoulli:
-            log_likelihood = tfd.Independent(
-                tfd.Bernoulli(logits=logits, dtype=logits.dtype), 1
-            ).log_prob(x)
-        else:
-            log_likelihood = tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=-1)
+        log_likelihood = tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=-1)
         log_w = log_prior + log_likelihood - log_q  # the 0.5 D log 2 pi terms cancel
         return -tf.reduce_mean(tf.reduce_logsumexp(log_w, axis=0) - math.log(num_samples))
 
@@ -257,6 +231,10 @@ def step_gflop(kind: str, batch_size: int, num_samples: int) -> float:
     if kind not in decoder:
         raise ValueError(f"unknown gradient kind {kind!r}")
     return (encoder + decoder[kind]) / 1e9
+
+
+def matmul_gflop(rows: int) -> float:
+    return 2e-9 * rows * HIDDEN * PIXELS
 
 
 def eval_gflop(num_images: int, num_samples: int) -> float:
@@ -360,39 +338,3 @@ def tfp_check(x: tf.Tensor, num_samples: int, num_seeds: int, seed: int) -> dict
         for part in ("loss", "encoder_gradient", "decoder_gradient")
     }
     return result
-
-
-def time_log_marginal(images: np.ndarray, args: dict, seed: int) -> dict:
-    """Seconds of `model.log_marginal` (a tf.function without XLA) over `images`, in batches."""
-    model = _harness.burda_model(mco.IWAE(64), tf.constant(images[:1]), seed)
-
-    @tf.function(autograph=False)
-    def estimate(x, s):
-        return model.log_marginal(
-            x, s, num_samples=args["num_samples"], chunk_size=args["chunk_size"]
-        )
-
-    size = args["batch_size"]
-    batches = [tf.constant(images[i : i + size]) for i in range(0, len(images), size)]
-    base = tf.constant([seed, 0x10C], tf.int32)
-    estimate(batches[0], tf.random.experimental.stateless_fold_in(base, -1)).numpy()  # trace
-    start = time.perf_counter()
-    values = np.concatenate(
-        [
-            estimate(b, tf.random.experimental.stateless_fold_in(base, i)).numpy()
-            for i, b in enumerate(batches)
-        ]
-    )
-    seconds = time.perf_counter() - start
-    return {
-        **args,
-        "images": len(images),
-        "jit_compile": False,
-        "seconds": seconds,
-        "images_per_second": len(images) / seconds,
-        "seconds_per_1000_images": 1000.0 * seconds / len(images),
-        "gflop_per_second": eval_gflop(len(images), args["num_samples"]) / seconds,
-        "mean_log_px": float(np.mean(values)),
-        "all_finite": bool(np.all(np.isfinite(values))),
-        "model": "untrained (weights do not change the cost)",
-    }

@@ -1,6 +1,6 @@
 """A run's output folder: its lock, its stored configuration and its leftover temporary files.
 
-`experiment.run` keeps one training run per `--out_dir`. This module holds the parts of
+`train.run` keeps one training run per `--out_dir`. This module holds the parts of
 that bookkeeping that need no TensorFlow, so that they are quick to test:
 
 * `OutDirLock`: an exclusive lock on the folder for the lifetime of the process

@@ -9,8 +9,8 @@ inference network q(z|x, c). Every objective of the library trains it unchanged:
 model only differs from `mnist.py`'s by taking a context. The reported bounds are of
 log p(x|c), the bottom half's 392 pixels given the top half.
 
-Flags are those of `mnist.py` (see `examples/experiment.py`, and `mnist.py` for their
-checks, resuming and --strategy=multi_worker); the defaults follow Tucker et al.'s batch
+Flags are those of `mnist.py` (see `examples/cli.py`, and `mnist.py` for their checks,
+resuming and --strategy=multi_worker); the defaults follow Tucker et al.'s batch
 of 32 and Adam learning rate 3e-4 (with Burda et al.'s stage decay).
 """
 
@@ -27,10 +27,11 @@ from absl import app, flags
 
 import mcobjectives as mco
 
-import experiment
+import cli
+from config import Config
 
 FLAGS = flags.FLAGS
-flags.adopt_module_key_flags(experiment)  # --help lists the flags of experiment.py
+flags.adopt_module_key_flags(cli)  # --help lists the flags of cli.py
 FLAGS.set_default("batch_size", 32)
 FLAGS.set_default("learning_rate", 3e-4)
 
@@ -42,10 +43,12 @@ def to_batch(images: tf.Tensor) -> dict:
     return {"x": images[:, HALF:], "context": images[:, :HALF]}
 
 
-def build_model(objective: mco.MCObjective, train_images: np.ndarray):
+def build_model(
+    config: Config, objective: mco.MCObjective, train_images: np.ndarray
+) -> mco.ImportanceWeightedAutoencoder:
     """q(z|x, c), p(z|c) and p(x|z, c), each with two tanh layers."""
-    hidden = (FLAGS.hidden_units, FLAGS.hidden_units)
-    latent = FLAGS.latent_size
+    hidden = (config.hidden_units, config.hidden_units)
+    latent = config.latent_size
     return mco.ImportanceWeightedAutoencoder(
         encoder=mco.networks.GaussianEncoder(latent, hidden),
         decoder=mco.networks.BernoulliDecoder(
@@ -53,12 +56,14 @@ def build_model(objective: mco.MCObjective, train_images: np.ndarray):
         ),
         prior=mco.networks.GaussianPrior(latent, hidden),
         objective=objective,
-        seed=FLAGS.seed,
+        seed=config.seed,
     )
 
 
 def main(argv):
-    experiment.main(argv, build_model=build_model, to_batch=to_batch, task="structured_mnist")
+    # The one place that reads the flags: everything after takes the Config.
+    config = cli.config_from_flags(FLAGS, task="structured_mnist")
+    cli.main(argv, config, build_model=build_model, to_batch=to_batch)
 
 
 if __name__ == "__main__":

@@ -689,17 +689,27 @@ class ImportanceWeightedAutoencoder(keras.Model):
           num_samples: K >= 1.
           chunk_size: samples per chunk, >= 1.
           jit_compile: True (XLA), False (a `tf.function` without XLA) or "auto": XLA
+            for a call of at least 2**17 draws (K * B, or B unknown until run time),
             unless one of the model's layers sets `supports_jit = False` (Keras'
-            declaration of ops that XLA cannot compile).
+            declaration of ops that XLA cannot compile). Smaller calls run without XLA:
+            XLA compiles each batch shape once, in seconds, which a small call, or a
+            few of them, would not win back.
         """
-        if jit_compile == "auto" and isinstance(jit_compile, str):
-            jit_compile = all(
-                getattr(layer, "supports_jit", True) for layer in self._flatten_layers()
-            )
-        if not isinstance(jit_compile, bool):
+        auto = isinstance(jit_compile, str) and jit_compile == "auto"
+        if not auto and not isinstance(jit_compile, bool):
             raise TypeError(f"`jit_compile` must be True, False or 'auto', got {jit_compile!r}.")
+        num_samples = _checks.check_count("num_samples", num_samples)
+        chunk_size = _checks.check_count("chunk_size", chunk_size)
         x, context, _ = _unpack(data)
         seed = _estimate_seed(seed)  # a tensor: a Python int would key a trace per seed
+        x = tf.convert_to_tensor(x)
+        if context is not None:
+            context = tf.convert_to_tensor(context)
+        if auto:
+            batch_size = x.shape[0] if x.shape.rank else None
+            jit_compile = all(
+                getattr(layer, "supports_jit", True) for layer in self._flatten_layers()
+            ) and (batch_size is None or num_samples * batch_size >= 2**17)
         functions = self.__dict__.get("_log_marginal_functions")
         if functions is None:  # not a Keras-tracked attribute: no weights, not saved
             functions = {}
@@ -715,9 +725,6 @@ class ImportanceWeightedAutoencoder(keras.Model):
             functions[jit_compile] = tf.function(
                 estimate, jit_compile=jit_compile, reduce_retracing=True, autograph=False
             )
-        x = tf.convert_to_tensor(x)
-        if context is not None:
-            context = tf.convert_to_tensor(context)
         return functions[jit_compile](x, context, seed, num_samples, chunk_size)
 
     # ----------------------------------------------------------------- saving

@@ -23,7 +23,29 @@ def _chunk_log_sum_exp(q, log_joint, num_samples, seed):
     log_q = _checks.log_prob(q, z)
     log_p = _checks.call_log_joint(log_joint, z, log_q)
     log_p = _checks.check_log_joint_output(log_p, log_q, num_samples)
-    return tf.reduce_logsumexp(log_p - log_q, axis=0)
+    return tf.stop_gradient(tf.reduce_logsumexp(log_p - log_q, axis=0))
+
+
+def _fold(total, chunk):
+    """log(exp(total) + exp(chunk)): the running log-sum-exp, [B]."""
+    return tf.math.reduce_logsumexp(tf.stack([total, chunk]), axis=0)
+
+
+def _estimate_seed(seed) -> tf.Tensor:
+    """The shape-[2] int32 seed of `log_marginal_estimate` (per-example seeds refused).
+
+    The seed as `log_marginal_estimate` reads it, so that a caller may convert it once
+    (e.g. before a `tf.function`, whose trace a Python int seed would key) without
+    changing the draws.
+    """
+    _checks.check_seed(seed)
+    if sampling.is_per_example_seed(seed):
+        raise ValueError(
+            "`seed` must be one stateless seed (an int or a shape-[2] tensor) for "
+            "log_marginal_estimate, got per-example seeds of shape "
+            f"{tf.convert_to_tensor(seed).shape}."
+        )
+    return sampling.stateless_seed(seed)
 
 
 def log_marginal_estimate(
@@ -40,6 +62,16 @@ def log_marginal_estimate(
     at a time and folded into a running log-sum-exp, so memory is bounded by one chunk,
     whatever K. No gradient flows through the result.
 
+    The full chunks run in one `tf.while_loop` with a static trip count and the
+    remainder chunk (if any) after it, so a graph, and an XLA computation, holds the
+    chunk's computation at most twice (a full chunk and the remainder) whatever K:
+    under XLA the while loop compiles to one loop over fixed-shape buffers, which
+    unrolling would not bound. The running total starts at -inf, so the first fold
+    returns the first chunk exactly. Eagerly the loop runs chunk by chunk in Python,
+    one TensorFlow kernel per operation; wrap the call in a `tf.function` (with
+    `jit_compile=True` to fuse each chunk's sampling, log densities and fold, as
+    `ImportanceWeightedAutoencoder.log_marginal` does) for evaluation at scale.
+
     Args:
       q: q(z|x), batch shape [B]: a single distribution or a `JointDistribution`
         (structured latents; discrete leaves are allowed, q is only sampled and scored).
@@ -51,7 +83,7 @@ def log_marginal_estimate(
       chunk_size: samples per chunk, >= 1 (the last chunk holds the remainder).
 
     Returns:
-      A [B] tensor (empty for an empty batch).
+      A [B] tensor in the dtype of log q (empty for an empty batch).
     """
     num_samples = _checks.check_count("num_samples", num_samples)
     chunk_size = min(_checks.check_count("chunk_size", chunk_size), num_samples)
@@ -59,35 +91,24 @@ def log_marginal_estimate(
         q, objective="log_marginal_estimate", needs_reparameterization=False, allow_empty=True
     )
     _checks.check_log_joint(log_joint)
-    _checks.check_seed(seed)
-    if sampling.is_per_example_seed(seed):
-        raise ValueError(
-            "`seed` must be one stateless seed (an int or a shape-[2] tensor) for "
-            "log_marginal_estimate, got per-example seeds of shape "
-            f"{tf.convert_to_tensor(seed).shape}."
-        )
+    seed = _estimate_seed(seed)
     num_full, remainder = divmod(num_samples, chunk_size)
-    seeds = tf.random.experimental.stateless_split(
-        sampling.stateless_seed(seed), num_full + (1 if remainder else 0)
-    )
+    seeds = tf.random.experimental.stateless_split(seed, num_full + (1 if remainder else 0))
+
+    # The total's dtype and shape are those of log q, which for a structured or
+    # discrete q are not q.dtype and q.batch_shape: read from log q of one draw. Only
+    # its dtype and shape are used, so a graph with a static batch size prunes it.
+    probe = _checks.log_prob(q, sampling.sample(q, 1, seeds[0]))
+    total = tf.fill(tf.shape(probe)[1:], tf.constant(-math.inf, probe.dtype))
 
     def body(i, total):
-        chunk = tf.stop_gradient(_chunk_log_sum_exp(q, log_joint, chunk_size, seeds[i]))
-        return i + 1, tf.math.reduce_logsumexp(tf.stack([total, chunk]), axis=0)
+        return i + 1, _fold(total, _chunk_log_sum_exp(q, log_joint, chunk_size, seeds[i]))
 
-    # The first chunk starts the running total: its dtype and shape are those of log q,
-    # which for a structured or discrete q are not q.dtype and q.batch_shape.
-    total = tf.stop_gradient(_chunk_log_sum_exp(q, log_joint, chunk_size, seeds[0]))
-    if num_full > 1:
-        _, total = tf.while_loop(
-            lambda i, _: i < num_full,
-            body,
-            (tf.constant(1), total),
-            maximum_iterations=num_full - 1,
-        )
+    _, total = tf.while_loop(
+        lambda i, _: i < num_full, body, (tf.constant(0), total), maximum_iterations=num_full
+    )
     if remainder:
-        chunk = tf.stop_gradient(_chunk_log_sum_exp(q, log_joint, remainder, seeds[num_full]))
-        total = tf.math.reduce_logsumexp(tf.stack([total, chunk]), axis=0)
+        total = _fold(total, _chunk_log_sum_exp(q, log_joint, remainder, seeds[num_full]))
     return total - tf.constant(math.log(num_samples), total.dtype)
 
 

@@ -188,48 +188,102 @@ def _refuse_raw_intensities(x) -> None:
         )
 
 
+_PIXELS_NEEDED = (
+    "p(x|z) of a BernoulliDecoder: log_prob(x) needs pixels x in [0, 1] (binary, or "
+    "probabilities), but the pixels of x range over"
+)
+_PIXELS_FIX = "scale raw intensities to [0, 1] (x / 255) or binarize them."
+
+
+def _finite_range(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(min, max) of x's finite values (NaN and infinite pixels read as 0)."""
+    if not x.dtype.is_floating:
+        return tf.reduce_min(x), tf.reduce_max(x)
+    finite = tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
+    return tf.reduce_min(finite), tf.reduce_max(finite)
+
+
+def _in_unit_interval(low: tf.Tensor, high: tf.Tensor) -> tf.Tensor:
+    return tf.logical_and(low >= 0, high <= 1)
+
+
 def _checked_pixels(x: tf.Tensor) -> tf.Tensor:
-    """x, after a check that its pixels lie in [0, 1]: one reduce_min, one reduce_max.
+    """x, after a check that its finite pixels lie in [0, 1].
 
     Finite values outside [0, 1] fail a `tf.debugging.Assert`, at once eagerly or
     when the graph runs. NaN and infinite pixels pass: they make the loss non-finite,
     and `ImportanceWeightedAutoencoder` skips such a step (a corrupt pixel in one batch
     should not stop a run that raw intensities must). XLA compiles assertions away:
     under `jit_compile` only the static uint8 refusal remains.
+
+    Cost: one `reduce_min` and one `reduce_max` of x. Only when they leave [0, 1]
+    (a NaN, an infinity or a pixel out of range) does a `tf.cond` branch compute the
+    range of the finite pixels, which the assertion checks and names.
     """
     _refuse_raw_intensities(x)
     if x.dtype == tf.bool:
         return x
-    if x.dtype.is_floating:
-        finite = tf.math.is_finite(x)
-        low = tf.reduce_min(tf.where(finite, x, tf.zeros_like(x)))
-        high = tf.reduce_max(tf.where(finite, x, tf.zeros_like(x)))
-    else:
-        low, high = tf.reduce_min(x), tf.reduce_max(x)
-    in_range = tf.logical_and(low >= 0, high <= 1)
-    needs = (
-        "p(x|z) of a BernoulliDecoder: log_prob(x) needs pixels x in [0, 1] (binary, or "
-        "probabilities), but the pixels of x range over"
-    )
-    fix = "scale raw intensities to [0, 1] (x / 255) or binarize them."
+    plain = _in_unit_interval(tf.reduce_min(x), tf.reduce_max(x))
     if tf.executing_eagerly():
-        if not in_range:
-            message = f"{needs} [{low.numpy()}, {high.numpy()}]: {fix}"
-            raise tf.errors.InvalidArgumentError(None, None, message)
+        if not plain:
+            low, high = _finite_range(x)
+            if not _in_unit_interval(low, high):
+                message = f"{_PIXELS_NEEDED} [{low.numpy()}, {high.numpy()}]: {_PIXELS_FIX}"
+                raise tf.errors.InvalidArgumentError(None, None, message)
         return x
-    check = tf.debugging.Assert(in_range, [needs, "[min, max] =", low, high, ":", fix])
-    with tf.control_dependencies([check]):
+
+    def finite_pixels_in_range():
+        low, high = _finite_range(x)
+        in_range = _in_unit_interval(low, high)
+        data = [_PIXELS_NEEDED, "[min, max] =", low, high, ":", _PIXELS_FIX]
+        with tf.control_dependencies([tf.debugging.Assert(in_range, data)]):
+            return tf.identity(in_range)
+
+    checked = tf.cond(plain, lambda: plain, finite_pixels_in_range)
+    with tf.control_dependencies([checked]):
         return tf.identity(x)
 
 
-class _PixelBernoulli(tfd.Independent):
-    """Independent Bernoulli pixels whose log_prob refuses values of x outside [0, 1].
+def _bernoulli_log_prob(x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """log Bernoulli(x; sigmoid(l)) per pixel: x l - softplus(l).
 
-    TFP's Bernoulli log_prob, x log p + (1 - x) log(1 - p), takes any real x: raw
+    TFP's x log p + (1 - x) log(1 - p) = -(1 - x) softplus(l) - x softplus(-l), in one
+    softplus; the two differ by float rounding, at most a few ulps of softplus(|l|) per
+    pixel. The gradient with respect to l is x - sigmoid(l). NaN and infinite pixels
+    give a non-finite value, and so does an infinite logit (NaN or -inf, where TFP's
+    value for a pixel that the logit makes certain is 0): the decoder's logits, outputs
+    of a dense layer, are finite unless its computation overflowed.
+
+    softplus(l) is written max(l, 0) + log(1 + exp(-|l|)), which XLA and TF's kernels
+    evaluate faster than their softplus and log1p (for |l| > 17 the log term rounds to
+    0 where it is below float32's resolution of softplus(|l|) = |l|), and the gradient
+    is given directly, x - sigmoid(l), rather than traced through |l| (whose
+    derivative TF takes as 0 at l = 0).
+    """
+    return _fast_bernoulli_log_prob(x, logits)
+
+
+@tf.custom_gradient
+def _fast_bernoulli_log_prob(x: tf.Tensor, logits: tf.Tensor):
+    value = x * logits - tf.nn.relu(logits) - tf.math.log(1.0 + tf.exp(-tf.abs(logits)))
+
+    def gradient(upstream):
+        return upstream * logits, upstream * (x - tf.sigmoid(logits))
+
+    return value, gradient
+
+
+class _PixelBernoulli(tfd.Independent):
+    """Independent Bernoulli pixels: log_prob(x) = sum x l - softplus(l), for x in [0, 1].
+
+    A `tfd.Independent` of a float `tfd.Bernoulli(logits=l)`: sampling, the mean, the
+    event shape, entropies and the like are TFP's, and `log_prob`, `prob` and
+    `unnormalized_log_prob` compute the Bernoulli log-probability of x from the
+    logits themselves (`_bernoulli_log_prob`: one softplus per pixel, rather than TFP's
+    two softplus and two `multiply_no_nan`). TFP's formula takes any real x: raw
     intensities (0-255) give no likelihood at all, and a "bound" that can be positive.
-    This `tfd.Independent` refuses uint8 x (raw intensities) before TFP converts it,
-    checks the range of any other x (`_checked_pixels`) and returns TFP's log_prob
-    unchanged; `prob` and `unnormalized_log_prob` go through the same checks.
+    So before TFP converts x, uint8 x (raw intensities) is refused and x's event shape
+    checked, and the range of any other x is checked (`_checked_pixels`).
     """
 
     def log_prob(self, value, name="log_prob", **kwargs):
@@ -248,10 +302,20 @@ class _PixelBernoulli(tfd.Independent):
         return super().unnormalized_log_prob(value, name=name, **kwargs)
 
     def _log_prob(self, x, **kwargs):
-        return super()._log_prob(_checked_pixels(x), **kwargs)
+        del kwargs  # a Bernoulli's log_prob takes no other arguments
+        bernoulli = self.distribution
+        logits = bernoulli.logits
+        logits = bernoulli.logits_parameter() if logits is None else tf.convert_to_tensor(logits)
+        x = tf.cast(_checked_pixels(x), logits.dtype)
+        ndims = tf.get_static_value(self.reinterpreted_batch_ndims)
+        if ndims is None:
+            axis = -1 - tf.range(self.reinterpreted_batch_ndims)
+        else:
+            axis = list(range(-int(ndims), 0))
+        return tf.reduce_sum(_bernoulli_log_prob(x, logits), axis=axis)
 
     def _unnormalized_log_prob(self, x, **kwargs):
-        return super()._unnormalized_log_prob(_checked_pixels(x), **kwargs)
+        return self._log_prob(x, **kwargs)  # a Bernoulli is normalized
 
 
 class _MLP(keras.layers.Layer):
@@ -726,11 +790,15 @@ class BernoulliDecoder(keras.layers.Layer):
 
     Pixels. The returned distribution (a `tfd.Independent` of a float `tfd.Bernoulli`)
     is a likelihood only for x in [0, 1]: binary pixels (e.g. dynamically binarized) or
-    probabilities. Its `log_prob(x)` is TFP's, after a check of x: uint8 x (raw
+    probabilities. Its `log_prob(x)` is sum_i x_i l_i - softplus(l_i) of the logits l,
+    TFP's Bernoulli log-probability up to float rounding (at most a few ulps of
+    softplus(|l_i|) per pixel) in one softplus, after a check of x: uint8 x (raw
     intensities, 0-255) is refused when traced, with a TypeError; any other x (float,
-    or integer or bool 0/1 such as Bernoulli draws) with a pixel outside [0, 1] fails
-    a `tf.debugging.Assert` naming the range found. XLA compiles that assertion away,
-    so under `jit_compile` only the dtype check remains.
+    or integer or bool 0/1 such as Bernoulli draws) with a finite pixel outside [0, 1]
+    fails a `tf.debugging.Assert` naming the range found; NaN and infinite pixels give
+    a non-finite log-probability. XLA compiles that assertion away, so under
+    `jit_compile` only the dtype check remains. Sampling, the mean and the other
+    methods are TFP's.
 
     Args:
       event_size: the number of pixels (784 for MNIST).

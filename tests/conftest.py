@@ -1,34 +1,75 @@
-"""Shared test fixtures: every numerical test runs eagerly, in tf.function and under XLA."""
+"""The execution modes of the tests: eager, tf.function and XLA.
+
+As TFP's `test_util.test_all_tf_execution_regimes` runs a test eagerly and in a graph,
+a numerical test here takes the `mode` fixture and runs its computation through
+`in_mode(fn, mode)`; it then runs three times: eagerly, as a `tf.function`, and as an
+XLA-compiled `tf.function` (`jit_compile=True`).
+
+A test that runs in fewer modes, or leaves some of them to the slow run, says so with
+`@modes(...)`, whose `reason` is required; a parametrization combining the mode with
+other parameters builds its values with `mode_params(...)` beside a comment giving the
+reason. `mode == "xla"` is also what a test passes as `jit_compile` to an API that
+compiles by itself (`make_train_step`, `model.compile`).
+"""
 
 from __future__ import annotations
 
-import os
-import pathlib
+from collections.abc import Callable, Iterable
 
 import pytest
 import tensorflow as tf
 
 MODES = ("eager", "function", "xla")
+# The modes that trace a graph: the tests comparing a graph with the eager numbers, and
+# the tests of tracing itself.
+GRAPH_MODES = ("function", "xla")
+# Without XLA, which compiles run-time assertions (tf.debugging.assert_*) away.
+EAGER_AND_FUNCTION = ("eager", "function")
 
-_SHARED_TFDS = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tensorflow_datasets"
-)
-if "TFDS_DATA_DIR" not in os.environ and _SHARED_TFDS.is_dir():
-    os.environ["TFDS_DATA_DIR"] = str(_SHARED_TFDS)
 
+def in_mode(fn: Callable, mode: str, *, input_signature=None, autograph: bool = True):
+    """`fn` itself (eager), `tf.function(fn)` or `tf.function(fn, jit_compile=True)`.
 
-def in_mode(fn, mode: str):
-    """`fn` run eagerly, as a tf.function, or as an XLA-compiled tf.function."""
+    `input_signature` (graph modes only) traces `fn` for the shapes it gives, for
+    example a batch of unknown size. `autograph=False` leaves the traced code as
+    written, so that an error raised while tracing keeps its own traceback (autograph
+    re-raises it from its converted code).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; the modes are {MODES}")
     if mode == "eager":
+        if input_signature is not None:
+            raise ValueError("an input_signature needs a graph mode, not 'eager'")
         return fn
-    if mode == "function":
-        return tf.function(fn)
-    if mode == "xla":
-        return tf.function(fn, jit_compile=True)
-    raise ValueError(f"unknown mode {mode!r}")
+    return tf.function(
+        fn, input_signature=input_signature, autograph=autograph, jit_compile=mode == "xla"
+    )
 
 
 @pytest.fixture(params=MODES)
 def mode(request) -> str:
-    """The execution mode of the test: eager, function or xla."""
+    """The execution mode of the test: "eager", "function" or "xla"."""
     return request.param
+
+
+def mode_params(subset: Iterable[str] = MODES, *, slow: Iterable[str] = ()) -> list:
+    """`pytest.param`s of the modes in `subset`, those in `slow` marked slow."""
+    subset, slow = tuple(subset), tuple(slow)
+    unknown = sorted(set(subset + slow) - set(MODES))
+    if unknown or not subset or not set(slow) <= set(subset):
+        raise ValueError(f"modes {subset} (slow {slow}): each one of {MODES}, slow among them")
+    return [pytest.param(m, id=m, marks=[pytest.mark.slow] if m in slow else []) for m in subset]
+
+
+def modes(*subset: str, reason: str, slow: Iterable[str] = ()):
+    """Parametrizes `mode` with `subset` of MODES (those in `slow` marked slow).
+
+    `reason` says why the other modes are left out or left to the slow run; a test
+    running in every mode takes the `mode` fixture instead.
+    """
+    slow = tuple(slow)
+    if not reason or not reason.strip():
+        raise ValueError("a subset of the modes needs its reason")
+    if set(subset) == set(MODES) and not slow:
+        raise ValueError("every mode, none slow: take the `mode` fixture instead")
+    return pytest.mark.parametrize("mode", mode_params(subset, slow=slow))

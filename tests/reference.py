@@ -1,7 +1,12 @@
 """Hand-derived per-sample gradients of every estimator on the toy Gaussian, in NumPy.
 
-Independent of the library: written from the table of ../shared/papers.md with
-explicit loops where the library uses closed forms (JVI's leave-one-out terms).
+Independent of the library: written from the estimators' definitions in the papers,
+Burda et al. 2016 ("Importance Weighted Autoencoders": IWAE), Rainforth et al. 2018
+("Tighter Variational Bounds are Not Necessarily Better": MIWAE, CIWAE, PIWAE) and
+Tucker et al. 2019 ("Doubly Reparameterized Gradient Estimators for Monte Carlo
+Objectives": RWS, STL, DReG, JVI-DReG), with Nowozin 2018 for JVI, Mnih & Rezende 2016
+for VIMCO and Daudel et al. 2023 for VR-IWAE, and with explicit loops where the library
+uses closed forms (JVI's leave-one-out terms).
 
 Model: z ~ N(mu, I), x | z ~ N(z, I); q(z|x) = N(A x + b, sigma^2 I),
 z_k = A x + b + sigma eps_k. For one data point x and fixed eps:

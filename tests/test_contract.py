@@ -18,6 +18,7 @@ import tensorflow as tf
 import mcobjectives as mco
 from mcobjectives.weights import log_mean_exp, normalized_weights
 from tests import toy
+from tests.conftest import GRAPH_MODES, in_mode, modes
 
 B, D, K = 3, 2, 4
 SEED = (5, 6)
@@ -90,19 +91,19 @@ def test_a_subclass_that_forgets_gradient_path_raises_type_error_at_its_first_ca
     assert log_joint.calls == 0
 
 
-def test_a_forgotten_gradient_path_raises_before_tracing_in_a_tf_function():
+@modes(*GRAPH_MODES, reason="eagerly: the test above")
+def test_a_forgotten_gradient_path_raises_before_tracing_in_a_tf_function(mode):
     """Inside tf.function the same TypeError comes from the first trace, before log_joint."""
     Forgetful = _iwae_like(None, lambda lw: mco.Coefficients.total(normalized_weights(lw)))
     objective = Forgetful(K)
     log_joint = _Recorder()
     _, A, b, x = _data()
 
-    @tf.function
     def loss(seed):
         return objective(toy.make_q(A, b, x), log_joint, seed=seed).loss
 
     with pytest.raises(TypeError, match="gradient_path"):
-        loss(tf.constant(SEED))
+        in_mode(loss, mode)(tf.constant(SEED))
     assert log_joint.calls == 0
 
 
@@ -660,15 +661,15 @@ def test_a_value_that_is_not_one_per_data_point_raises(value):
 
 
 def _dynamic_batch_loss(objective):
-    """The objective's loss in a tf.function whose batch size is unknown when traced."""
+    """The objective's loss in a tf.function whose batch size is unknown when traced (a
+    dynamic batch exists only in a traced graph; XLA would compile the run-time check of
+    the coefficients' shape away)."""
     mu, A, b, x = _data()
-    spec = tf.TensorSpec([None, D], tf.float64)
 
-    @tf.function(input_signature=[spec])
     def loss(x):
         return objective(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=SEED).loss
 
-    return loss(x)
+    return in_mode(loss, "function", input_signature=[tf.TensorSpec([None, D], tf.float64)])(x)
 
 
 def test_a_coefficient_of_batch_size_one_is_refused_when_the_batch_size_is_dynamic():

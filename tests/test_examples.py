@@ -1,4 +1,8 @@
-"""The examples, each run from its command line with tiny flags, as a user would run them.
+"""The examples, each run from its command line with tiny flags, as a user would run them:
+a smoke run of each script, the offline fallback, a run killed and resumed, and
+MirroredStrategy against one device. (The training function itself, the architectures
+and the flags' mapping to the objectives are tested in process:
+tests/test_training_in_process.py and the last test here.)
 
 Every run is a subprocess `python examples/<script> ...` from the repository root. The
 runs several tests read (see `RUNS`) start together in the background when the module's
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import pathlib
@@ -62,23 +67,6 @@ RESUME_FLAGS = (
     "--nodownload",
 )
 KILL_AFTER = 20  # the checkpoint after which the interrupted run is killed
-# The two-layer and sigmoid-belief-net runs: 3 steps, evaluated on 20 test images, on the
-# bundled subset (offline).
-ARCHITECTURE_STEPS = 3
-ARCHITECTURE_FLAGS = (
-    f"--max_steps={ARCHITECTURE_STEPS}",
-    "--eval_size=20",
-    "--eval_num_samples=50",
-    "--train_size=100",
-    "--log_every=1",
-    "--nodownload",
-)
-# Units per latent leaf of each architecture.
-LATENT_UNITS = {
-    "one_layer": {"z": 50},
-    "two_layer": {"z1": 100, "z2": 50},
-    "sbn": {"z1": 200, "z2": 200},
-}
 NOT_COMPARED = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter")
 
 
@@ -110,11 +98,6 @@ class Spec:
     @property
     def dataset(self) -> str:
         return self.tfds or "mnist-bundled-subset"
-
-    @property
-    def architecture(self) -> str:
-        given = [f.split("=", 1)[1] for f in self.flags if f.startswith("--architecture=")]
-        return given[-1] if given else "one_layer"
 
     @property
     def objective(self) -> str:
@@ -156,12 +139,6 @@ RUNS = {
         "mnist.py",
         ("--objective=miwae", "--num_samples=10", "--num_outer=4", "--nodownload", *TINY),
     ),
-    "two_layer": Spec(
-        "mnist.py", ("--architecture=two_layer", "--objective=dreg", *ARCHITECTURE_FLAGS)
-    ),
-    "sbn_rws": Spec("mnist.py", ("--architecture=sbn", "--objective=rws", *ARCHITECTURE_FLAGS)),
-    "sbn_vimco": Spec("mnist.py", ("--architecture=sbn", "--objective=vimco", *ARCHITECTURE_FLAGS)),
-    "sbn_iwae": Spec("mnist.py", ("--architecture=sbn", "--objective=iwae", *ARCHITECTURE_FLAGS)),
 }
 
 
@@ -286,11 +263,6 @@ def mirrored(runs) -> Run:
 @pytest.fixture(scope="module")
 def bad_flags(runs) -> Run:
     return runs["bad_flags"]
-
-
-@pytest.fixture(scope="module")
-def sbn_iwae(runs) -> Run:
-    return runs["sbn_iwae"]
 
 
 def check_metrics(metrics: dict, spec: Spec, run: Run) -> None:
@@ -435,74 +407,7 @@ def test_bad_flags(bad_flags):
     assert not (bad_flags.out_dir / "metrics.json").exists()
 
 
-def check_architecture_metrics(metrics: dict, spec: Spec, run: Run) -> None:
-    """The sanity checks of a two-layer or SBN run's metrics.json: the architecture is
-    recorded and every evaluation, with the active units of each latent leaf, is sane."""
-    context = json.dumps(metrics, indent=1)
-    assert metrics["architecture"] == spec.architecture, context
-    assert metrics["config"]["architecture"] == spec.architecture, context
-    assert metrics["objective"] == spec.objective, context
-    assert metrics["dataset"] == spec.dataset, context
-    assert metrics["train"]["steps"] == ARCHITECTURE_STEPS, context
-    assert math.isfinite(metrics["train"]["final_loss"]), context
-    [last] = metrics["evaluations"]
-    assert last["step"] == ARCHITECTURE_STEPS, context
-    for key in ("iwae64", "log_px", "neg_kl", "ess_fraction"):
-        assert math.isfinite(last[key]), (key, context)
-    assert -800.0 < last["iwae64"] < -50.0, context
-    assert -800.0 < last["log_px"] < -50.0, context
-    assert last["neg_kl"] == pytest.approx(last["iwae64"] - last["log_px"], abs=1e-3)
-    assert 0.0 < last["ess_fraction"] <= 1.0, context
-    per_latent, units = last["active_units_per_latent"], LATENT_UNITS[spec.architecture]
-    assert sorted(per_latent) == sorted(units), context
-    for leaf, count in per_latent.items():
-        assert 0 <= count <= units[leaf], (leaf, context)
-    assert last["active_units"] == sum(per_latent.values()), context
-    assert last["num_test_images"] == 20, context
-    assert (run.out_dir / "checkpoints" / f"ckpt-{ARCHITECTURE_STEPS}.index").exists()
-
-
-@pytest.mark.parametrize("name", [_param("two_layer"), _param("sbn_rws"), _param("sbn_vimco")])
-def test_architectures(name, runs):
-    """--architecture=two_layer (with DReG) and sbn (with RWS and VIMCO) train from the
-    command line, evaluate (IWAE-64, log p^, ESS, active units per latent leaf) and
-    record the architecture."""
-    run = runs[name]
-    metrics = run.check()
-    check_architecture_metrics(metrics, run.spec, run)
-    print(f"{name}: {json.dumps(metrics['evaluations'][-1])}")
-
-
-def test_sbn_with_a_reparameterized_objective_fails_at_startup(sbn_iwae):
-    """--architecture=sbn --objective=iwae stops before loading any data, with a message
-    naming both flags and the objectives that can train the SBN."""
-    returncode = sbn_iwae.wait()
-    assert returncode != 0, sbn_iwae.tail()
-    stderr = sbn_iwae.output("stderr")
-    message = stderr.strip().splitlines()[-1]
-    assert "--architecture=sbn" in message, sbn_iwae.tail()
-    assert "--objective=iwae cannot train" in message, sbn_iwae.tail()
-    assert "--objective=rws" in message and "--objective=vimco" in message, sbn_iwae.tail()
-    output = sbn_iwae.output("stdout") + stderr
-    assert "BUNDLED SUBSET" not in output, sbn_iwae.tail()  # no data were loaded
-    assert not sbn_iwae.out_dir.exists()
-
-
-FLAG_MAPPING_SCRIPT = """
-import sys
-sys.path.insert(0, "examples")
-from absl import flags
-import mcobjectives as mco
-import experiment
-assert experiment.OBJECTIVES == mco.objective_names(), experiment.OBJECTIVES
-for argv in sys.argv[1:]:
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["experiment", *argv.split()])
-    print(repr(experiment.make_objective()))
-"""
-
-
-def test_objective_flags_map_to_make_objective():
+def test_objective_flags_map_to_make_objective(caplog):
     """The --objective choices are mco.objective_names(), and the objective flags become
     the keyword arguments of mco.make_objective for the objectives that take them."""
     cases = {
@@ -519,13 +424,23 @@ def test_objective_flags_map_to_make_objective():
         )
     if "vimco" in mco.objective_names():
         cases["--objective=vimco --num_samples=8"] = "VIMCO(num_samples=8)"
-    result = subprocess.run(
-        [sys.executable, "-c", FLAG_MAPPING_SCRIPT, *cases],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines() == list(cases.values()), result.stdout
-    assert "--objective=iwae ignores --alpha" in result.stderr, result.stderr[-3000:]
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    from absl import flags
+
+    import cli  # examples/cli.py: defines the flags
+    import config
+
+    assert config.OBJECTIVES == mco.objective_names(), config.OBJECTIVES
+    described = []
+    try:
+        for argv in cases:
+            flags.FLAGS.unparse_flags()
+            flags.FLAGS(["mnist.py", *argv.split()])
+            run_config = cli.config_from_flags(flags.FLAGS, task="mnist")
+            with caplog.at_level(logging.WARNING):
+                described.append(repr(config.make_objective(run_config)))
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert described == list(cases.values())
+    assert "--objective=iwae ignores --alpha" in caplog.text, caplog.text

@@ -4,7 +4,8 @@ Two stochastic layers (tests/reference_hierarchical.py): p(z2) p(z1|z2) p(x|z1) 
 q(z1|x) q(z2|z1), linear-Gaussian, written as a JointDistributionSequential and as a
 JointDistributionNamed. For fixed noise, the library's loss, bound and gradients for
 W, c (model) and A1, b1, A2, b2 (inference) must equal the NumPy derivation to 1e-6
-relative in float64, eagerly, in tf.function and under XLA. The path derivative there
+relative in float64: eagerly for every case, and in tf.function and under XLA for one case
+per kind of surrogate (every case in the slow run). The path derivative there
 keeps z1 live inside q(z2|z1): stopping q(z2|z1)'s mean instead fails these tests.
 """
 
@@ -17,8 +18,8 @@ import tensorflow_probability as tfp
 
 import mcobjectives as mco
 from tests import reference, reference_hierarchical
-from tests.conftest import in_mode
-from tests.test_exact_gradients import CASES
+from tests.conftest import GRAPH_MODES, MODES, in_mode, mode_params
+from tests.test_exact_gradients import CASES, ONE_PER_KIND
 
 tfd = tfp.distributions
 
@@ -98,37 +99,28 @@ def _replayed_noise(objective, params, x, seed, structure: str):
     return eps1, eps2
 
 
-# Every objective runs eagerly for both structures and in tf.function for Sequential.
-# Under XLA the default run keeps one case per kind of surrogate (TOTAL, SPLIT with each
-# coefficient form, SCORE); the one-layer tests run every objective under XLA already.
+# Every objective runs eagerly for both structures. In tf.function and under XLA the
+# default run keeps one case per kind of surrogate (ONE_PER_KIND: TOTAL, SPLIT with each
+# coefficient form, SCORE) for JointDistributionSequential, as the one-layer tests do;
 # JointDistributionNamed runs the same graph code as Sequential (only the container
-# differs), so its tf.function and XLA runs, and the other XLA cases, are slow.
-XLA_CASES = {"iwae-5", "piwae-3x4", "rws-7", "dreg-7-0.3", "jvi-dreg-6", "vimco-7"}
-XLA_CASES |= {"vriwae-dreg-7-0.3"}
+# differs), so its tf.function and XLA runs, and the other cases' graph runs, are slow.
 
 
 def _params():
     for case_id, objective, estimator, kwargs in CASES:
-        for structure, mode in [
-            ("sequential", "eager"),
-            ("sequential", "function"),
-            ("sequential", "xla"),
-            ("named", "eager"),
-            ("named", "function"),
-            ("named", "xla"),
-        ]:
-            fast = structure == "sequential" or mode == "eager"
-            if mode == "xla" and case_id not in XLA_CASES:
-                fast = False
-            yield pytest.param(
-                objective,
-                estimator,
-                kwargs,
-                structure,
-                mode,
-                id=f"{case_id}-{structure}-{mode}",
-                marks=() if fast else pytest.mark.slow,
-            )
+        for structure in ("sequential", "named"):
+            fast = structure == "sequential" and case_id in ONE_PER_KIND
+            slow = () if fast else GRAPH_MODES
+            for mode in mode_params(MODES, slow=slow):
+                yield pytest.param(
+                    objective,
+                    estimator,
+                    kwargs,
+                    structure,
+                    *mode.values,
+                    id=f"{case_id}-{structure}-{mode.id}",
+                    marks=mode.marks,
+                )
 
 
 @pytest.mark.parametrize(("objective", "estimator", "kwargs", "structure", "mode"), _params())

@@ -23,6 +23,7 @@ import tensorflow_probability as tfp
 
 import mcobjectives as mco
 from mcobjectives.networks import BernoulliDecoder, GaussianEncoder
+from tests.conftest import GRAPH_MODES, modes
 
 tfd = tfp.distributions
 
@@ -125,7 +126,17 @@ class SequentialDecoder(keras.layers.Layer):
         return tfd.Independent(tfd.Bernoulli(logits=self.net(z), dtype=tf.float32), 1)
 
 
-@pytest.mark.parametrize("objective", ["iwae", "dreg", "rws"])
+# One objective of each gradient path (TOTAL, SPLIT, SCORE) through the networks: by
+# default DReG's, which differentiates through both networks and through z; the slow run
+# has all three. The networks, not the objectives, are under test here.
+ONE_PER_PATH = [
+    pytest.param("iwae", marks=pytest.mark.slow),
+    "dreg",
+    pytest.param("rws", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("objective", ONE_PER_PATH)
 def test_a_conv_encoder_and_decoder_train_with_fit(objective):
     """Conv networks see x [B, 28, 28, 1] and z [S*B, latent]; 4 epochs of 10 steps lower
     the epoch loss by 2 nats or more (measured: about 8 nats)."""
@@ -139,7 +150,7 @@ def test_a_conv_encoder_and_decoder_train_with_fit(objective):
     assert losses[-1] < losses[0] - 2.0
 
 
-@pytest.mark.parametrize("objective", ["iwae", "dreg", "rws"])
+@pytest.mark.parametrize("objective", ONE_PER_PATH)
 def test_a_sequential_decoder_built_on_flat_batches_trains_with_fit(objective):
     """A Sequential with keras.Input((latent,)) accepts the model's flat [S*B, latent]
     latents; 3 epochs lower the loss by 10 nats or more (measured: about 40)."""
@@ -380,11 +391,11 @@ def test_a_batch_with_a_nan_pixel_is_skipped_and_counted():
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
-def test_consecutive_non_finite_steps_stop_fit_naming_the_step(jit_compile):
-    """Under XLA too, which compiles assertions away: the check is a callback."""
+def test_consecutive_non_finite_steps_stop_fit_naming_the_step(mode):
+    """fit run eagerly, traced, or under XLA, which compiles assertions away: the check is
+    a callback."""
     model = _model(mco.IWAE(K), max_nonfinite_steps=2)
-    model.compile(keras.optimizers.Adam(), jit_compile=jit_compile)
+    model.compile(keras.optimizers.Adam(), run_eagerly=mode == "eager", jit_compile=mode == "xla")
     bad = np.full((100, 784), np.nan, np.float32)
     with pytest.raises(
         FloatingPointError, match="2 consecutive training steps, the last being step 2"
@@ -631,9 +642,10 @@ def test_a_seed_out_of_range_is_refused_by_the_constructor():
         )  # fmt: skip
 
 
-def test_make_train_step_builds_an_unbuilt_model_at_its_first_step():
+@modes(*GRAPH_MODES, reason="make_train_step's step is a tf.function")
+def test_make_train_step_builds_an_unbuilt_model_at_its_first_step(mode):
     model = _model(mco.DReG(K))
-    step = mco.make_train_step(model, keras.optimizers.Adam(), jit_compile=True)
+    step = mco.make_train_step(model, keras.optimizers.Adam(), jit_compile=mode == "xla")
     assert bool(step(tf.constant(TRAIN[:BATCH]))["finite"])
     assert bool(step(tf.constant(TRAIN[BATCH : 2 * BATCH]))["finite"])
     assert int(model.optimizer.iterations) == 2

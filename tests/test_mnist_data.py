@@ -1,4 +1,5 @@
-"""Tests of examples/mnist_data.py and of the bundled MNIST subset it falls back to."""
+"""Tests of `mcobjectives.experimental.mnist.load_mnist` and of the bundled MNIST subset it
+falls back to, and of its binarization."""
 
 from __future__ import annotations
 
@@ -10,16 +11,13 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-_EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-if str(_EXAMPLES) not in sys.path:
-    sys.path.insert(0, str(_EXAMPLES))
-
-import mnist_data  # noqa: E402
+from mcobjectives.experimental import mnist as mnist_data
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-SUBSET_PATH = _EXAMPLES / "data" / "mnist_subset.npz"
+SUBSET_PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "data" / "mnist_subset.npz"
 N_TRAIN, N_TEST = 5000, 1000
 
 
@@ -173,7 +171,7 @@ def test_fallback_when_download_fails(tmp_path, monkeypatch):
         built.download_and_prepare = failing_download
         return built
 
-    monkeypatch.setattr(mnist_data.tfds, "builder", builder)
+    monkeypatch.setattr(tfds, "builder", builder)
     logged: list[str] = []
     data = mnist_data.load_mnist("mnist", data_dir=str(tmp_path), log=logged.append)
     assert attempts == ["mnist"]
@@ -211,6 +209,29 @@ def test_probe_failures_are_unreachable(monkeypatch):
 
 @pytest.mark.parametrize("bad", ["MNIST", "fashion_mnist", ""])
 def test_bad_dataset_name(monkeypatch, bad):
-    monkeypatch.setattr(mnist_data.tfds, "builder", _no_probe)
+    monkeypatch.setattr(tfds, "builder", _no_probe)
     with pytest.raises(ValueError, match="dataset"):
         mnist_data.load_mnist(bad)
+
+
+def test_without_tensorflow_datasets_the_error_names_the_extra(monkeypatch):
+    """TFDS is imported by load_mnist alone; without it, the error says what to install."""
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # `import` now fails
+    with pytest.raises(ImportError, match=r"mcobjectives\[examples\]"):
+        mnist_data.load_mnist("mnist")
+
+
+def test_the_bundled_path_is_the_subset_file():
+    assert mnist_data.BUNDLED_PATH == SUBSET_PATH
+
+
+def test_binarize_is_a_function_of_its_seed():
+    """Bernoulli(intensity) pixels, the same for the same seed, whatever the seed's dtype."""
+    images = np.random.default_rng(0).random((200, 784)).astype(np.float32)
+    first = mnist_data.binarize(images, [3, 4]).numpy()
+    assert first.dtype == np.float32 and set(np.unique(first)) == {0.0, 1.0}
+    np.testing.assert_array_equal(first, mnist_data.binarize(images, tf.constant([3, 4], tf.int64)))
+    assert not np.array_equal(first, mnist_data.binarize(images, [3, 5]).numpy())
+    assert abs(first.mean() - images.mean()) < 0.01
+    np.testing.assert_array_equal(mnist_data.binarize(np.ones((2, 3)), [0, 0]), np.ones((2, 3)))
+    np.testing.assert_array_equal(mnist_data.binarize(np.zeros((2, 3)), [0, 0]), np.zeros((2, 3)))

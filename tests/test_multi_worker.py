@@ -7,16 +7,18 @@ run again with a larger --max_steps: each resumes from its checkpoint (both work
 from the chief's, in the out_dir they share), and they are compared again.
 
 Why the parameters agree. Every global batch carries one seed per image
-(`experiment.train_dataset`), and the model draws an image's binarization and its
-samples z from that seed alone, whatever replica gets the image; under a strategy the
-model folds the replica id only into the step seed it uses for batches *without*
-per-example seeds, which these batches never are. Each worker builds every global
+(`mcobjectives.experimental.mnist.train_dataset`), and the model draws an image's
+binarization and its samples z from that seed alone, whatever replica gets the image;
+under a strategy the model folds the replica id only into the step seed it uses for
+batches *without* per-example seeds, which these batches never are. Each worker builds every global
 batch and keeps its half (the DATA auto-shard policy), computes the gradient of its
 half's mean loss divided by the number of replicas, and the all-reduce sums the two:
 the gradient of the global batch's mean loss. The single process computes that same
 gradient in one go, so the two runs differ only in the order of floating-point sums,
-which five Adam steps carry into the weights as differences of a few 1e-6 of each
-tensor's scale (and somewhat more into Adam's moments, statistics of the gradients).
+which five Adam steps carry into the weights as differences of up to a few 1e-5 of
+each tensor's scale (the runs train under XLA, the examples' default, whose fused
+reductions sum in another order than the single process's; the largest relative
+differences are in biases that started at zero and moved by five Adam steps alone).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ FLAGS = (
 NOT_COMPARED = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter")
 # Tolerances relative to each tensor's largest magnitude: the weights', and the Adam
 # moments' (statistics of the gradients, the second one of their squares).
-RTOL = {"weights": 1e-5, "optimizer": 1e-4}
+RTOL = {"weights": 1e-4, "optimizer": 1e-4}
 
 pytestmark = pytest.mark.slow
 

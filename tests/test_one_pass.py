@@ -19,8 +19,8 @@ from mcobjectives import base
 from mcobjectives.weights import log_mean_exp, normalized_weights
 from tests import reference, toy
 from tests.conftest import in_mode
+from tests.test_exact_gradients import _parameters
 
-B, D = 3, 2
 RTOL, ATOL = 1e-6, 1e-10
 WIDE_SIGMA = 12.0  # q far broader than the posterior: log weights spread over ~100s of nats
 
@@ -43,15 +43,6 @@ def _half_model_stl(p):
     w = reference._softmax(p.log_w)
     even = (np.arange(len(w)) % 2 == 0).astype(float)
     return p.out(reference._lme(p.log_w), (w * even) @ p.dmu, w @ p.path)
-
-
-def _parameters(seed=0):
-    rng = np.random.default_rng(seed)
-    mu = rng.normal(size=D)
-    x = mu + np.sqrt(2.0) * rng.normal(size=(B, D))
-    A = 0.5 * np.eye(D) + 0.3 * rng.normal(size=(D, D))
-    b = mu / 2 + 0.3 * rng.normal(size=D)
-    return mu, A, b, x
 
 
 def _check(objective, estimator, kwargs, sigma, mode):

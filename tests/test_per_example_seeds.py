@@ -22,7 +22,7 @@ import tensorflow_probability as tfp
 
 import mcobjectives as mco
 from mcobjectives import sampling
-from tests.conftest import in_mode
+from tests.conftest import GRAPH_MODES, MODES, in_mode, modes
 
 tfd = tfp.distributions
 
@@ -95,19 +95,23 @@ def _check_split(family, dtype, full, first, second):
 def test_sample_invariant_to_splitting_the_batch(family, mode):
     """Draws of the full batch == the halves' draws (with their seeds) concatenated, exactly.
 
-    float64 in every mode (one graph per family and mode; float32 is checked eagerly below,
-    to keep the XLA compilations few).
+    float64 in every mode (one graph per family and mode; float32 below).
     """
     out = _run(lambda s: _split_draws(FAMILIES[family], tf.float64, s), mode, SEEDS)
     _check_split(family, tf.float64, *out)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sample_invariant_to_splitting_the_batch_float32(family):
+@modes(
+    "eager",
+    reason="the split comes from the per-example seeds whatever the dtype: float64 runs in "
+    "every mode above, and tests/test_sampling.py compares float32 draws across modes",
+)
+def test_sample_invariant_to_splitting_the_batch_float32(family, mode):
     _check_split(
         family,
         tf.float32,
-        *_run(lambda: _split_draws(FAMILIES[family], tf.float32, SEEDS), "eager"),
+        *_run(lambda: _split_draws(FAMILIES[family], tf.float32, SEEDS), mode),
     )
 
 
@@ -132,8 +136,9 @@ def _check_single(family, b, full, per_example, one_seed, unbatched, mode):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_each_example_is_its_own_seed(family):
-    """Example b's draws equal a one-example q's draws under seeds[b] (eagerly, every b).
+@modes("eager", reason="a trace per example and family: the graph modes check one, below")
+def test_each_example_is_its_own_seed(family, mode):
+    """Example b's draws equal a one-example q's draws under seeds[b] (every b).
 
     The per-example noise of example b is the standard normal stream of seeds[b] laid out
     [n, *event]; a q of batch [1] draws the same stream whether given seeds[b:b+1]
@@ -141,13 +146,13 @@ def test_each_example_is_its_own_seed(family):
     that example. All of them therefore agree exactly.
     """
     make = FAMILIES[family]
-    full = sampling.sample(make(slice(None), tf.float64), N, SEEDS).numpy()
+    full = _run(lambda s: sampling.sample(make(slice(None), tf.float64), N, s), mode, SEEDS)
     for b in range(B):
-        singles = [z.numpy() for z in _single_example_draws(make, b, SEEDS)]
-        _check_single(family, b, full, *singles, "eager")
+        singles = _run(lambda s, b=b: _single_example_draws(make, b, s), mode, SEEDS)
+        _check_single(family, b, full, *singles, mode)
 
 
-@pytest.mark.parametrize("mode", ["function", "xla"])
+@modes(*GRAPH_MODES, reason="eagerly: every example of every family, above")
 def test_each_example_is_its_own_seed_in_graphs(mode):
     """The same in a graph, for the last example of an MVN-TriL batch."""
     make, b = FAMILIES["mvn_tril"], B - 1
@@ -164,9 +169,9 @@ def test_sample_same_in_every_mode():
     q_fn = FAMILIES["mvn_tril"]
     draws = {
         mode: _run(lambda s: sampling.sample(q_fn(slice(None), tf.float64), N, s), mode, SEEDS)
-        for mode in ("eager", "function", "xla")
+        for mode in MODES
     }
-    for mode in ("function", "xla"):
+    for mode in GRAPH_MODES:
         np.testing.assert_allclose(draws[mode], draws["eager"], rtol=1e-10, atol=1e-12)
 
 
@@ -284,10 +289,15 @@ def test_dreg_bound_invariant_to_splitting_the_batch(mode):
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
-def test_objective_bound_invariant_to_splitting_the_batch(objective):
-    """The same for every registered objective (eagerly)."""
+@modes(
+    "eager",
+    reason="every objective draws with sampling.sample, whose per-example draws every mode "
+    "checks above; DReG's bound runs in every mode above",
+)
+def test_objective_bound_invariant_to_splitting_the_batch(objective, mode):
+    """The same for every registered objective."""
     obj = OBJECTIVES[objective]()
-    _check_objective_split(objective, *_run(lambda: _objective_split(obj, SEEDS), "eager"))
+    _check_objective_split(objective, *_run(lambda: _objective_split(obj, SEEDS), mode))
 
 
 def test_objective_gradient_with_per_example_seeds():

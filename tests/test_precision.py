@@ -25,6 +25,7 @@ import tensorflow as tf
 
 import mcobjectives as mco
 from tests import reference, toy
+from tests.conftest import in_mode
 
 
 def _logsumexp(x, axis=0):
@@ -87,7 +88,6 @@ def test_ciwae_fixed_beta_in_float64_is_the_python_float(beta):
     assert ciwae.beta == beta and type(ciwae.beta) is float
 
 
-@pytest.mark.parametrize("mode", ["eager", "function"])
 def test_ciwae_loss_in_float64_uses_the_exact_beta(mode):
     """End to end on the toy Gaussian in float64: the loss is -mean of NumPy's value of the
     returned log weights with beta = 0.3 exactly."""
@@ -100,7 +100,7 @@ def test_ciwae_loss_in_float64_uses_the_exact_beta(mode):
         q = toy.make_q(tf.constant(A), tf.constant(b), tf.constant(x))
         return ciwae(q, toy.make_log_joint(tf.constant(mu), tf.constant(x)), seed=(1, 2))
 
-    result = run() if mode == "eager" else tf.function(run)()
+    result = in_mode(run, mode)()
     value, _ = _ciwae_numpy(result.log_weights.numpy(), 0.3)
     _assert_relative(result.bound.numpy(), value, rtol=1e-15)
     _assert_relative(result.loss.numpy(), -np.mean(value), rtol=1e-15)

@@ -1,4 +1,10 @@
-"""Properties of the objectives from the papers, each in eager, tf.function and XLA."""
+"""Properties of the objectives from the papers, eagerly, in tf.function and under XLA.
+
+A property checked for several objectives (or variants) is checked for each of them
+eagerly and for the first of them in every mode; the others' tf.function and XLA runs
+are in the slow run, since test_same_seed_same_numbers_in_every_mode shows every
+registered objective giving the eager numbers in every mode.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import tensorflow_probability as tfp
 
 import mcobjectives as mco
 from tests import reference, toy
-from tests.conftest import in_mode
+from tests.conftest import GRAPH_MODES, MODES, in_mode, mode_params
 
 tfd = tfp.distributions
 D = 3
@@ -36,14 +42,29 @@ def _every_objective(num_samples: int) -> dict[str, mco.MCObjective]:
     return objectives
 
 
+def _each_eagerly_the_first_in_every_mode(argnames: str, cases: dict):
+    """parametrize(argnames + ", mode") over `cases` (id -> value, or tuple of values):
+    each case eagerly, the first also in tf.function and under XLA, the rest's graph
+    modes slow (see the module docstring)."""
+    params = []
+    for i, (case_id, values) in enumerate(cases.items()):
+        values = values if isinstance(values, tuple) else (values,)
+        for mode in mode_params(MODES, slow=() if i == 0 else GRAPH_MODES):
+            params.append(
+                pytest.param(*values, *mode.values, id=f"{case_id}-{mode.id}", marks=mode.marks)
+            )
+    return pytest.mark.parametrize(f"{argnames}, mode", params)
+
+
 def _path_only(objective: mco.MCObjective) -> bool:
     """Whether the objective's inference gradient is a path term alone (no score term)."""
     coefficients = objective._coefficients(tf.zeros([objective.num_samples, 1], tf.float64))
     return coefficients.path is not None and coefficients.score is None
 
 
-# Every path-only estimator of the registry, and DReG at two more alphas.
+# Every path-only estimator of the registry, and DReG at two more alphas (IWAE-DReG first).
 PATH_ONLY = {
+    "dreg": mco.make_objective("dreg", 6),
     **{k: o for k, o in _every_objective(6).items() if _path_only(o)},
     "dreg-0.3": mco.make_objective("dreg", 6, alpha=0.3),
     "dreg-1": mco.make_objective("dreg", 6, alpha=1.0),
@@ -93,7 +114,7 @@ def test_path_only_estimators_include_the_papers():
     assert {"stl", "dreg", "dreg-1", "jvi-dreg"} <= set(PATH_ONLY)
 
 
-@pytest.mark.parametrize("objective", list(PATH_ONLY.values()), ids=list(PATH_ONLY))
+@_each_eagerly_the_first_in_every_mode("objective", PATH_ONLY)
 def test_path_estimators_vanish_at_the_exact_posterior(objective, mode):
     """With q = p(z|x) = N((x + mu)/2, I/2) every sample's inference gradient is 0.
 
@@ -119,10 +140,12 @@ def _assert_same(result_a, result_b):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize(
-    ("ciwae", "other"),
-    [(mco.CIWAE(5, beta=0.0), mco.IWAE(5)), (mco.CIWAE(5, beta=1.0), mco.VAE(5))],
-    ids=["beta0-is-iwae", "beta1-is-vae"],
+@_each_eagerly_the_first_in_every_mode(
+    "ciwae, other",
+    {
+        "beta0-is-iwae": (mco.CIWAE(5, beta=0.0), mco.IWAE(5)),
+        "beta1-is-vae": (mco.CIWAE(5, beta=1.0), mco.VAE(5)),
+    },
 )
 def test_ciwae_endpoints(ciwae, other, mode):
     """CIWAE(0) = IWAE and CIWAE(1) = VAE: same loss and gradients for the same draws."""
@@ -140,7 +163,7 @@ def test_piwae_combines_iwae_and_miwae(mode):
     _assert_same(piwae[2:], miwae[2:])  # d/dA, d/db
 
 
-@pytest.mark.parametrize("use_dreg", [False, True], ids=["jvi", "jvi-dreg"])
+@_each_eagerly_the_first_in_every_mode("use_dreg", {"jvi-dreg": True, "jvi": False})
 def test_jvi_with_a_dominant_weight_matches_brute_force(use_dreg, mode):
     """JVI's leave-one-out terms stay exact when log weights span hundreds of nats."""
     mu, A, b, x = _point(np.random.default_rng(4), 2, offset=0.3)
@@ -161,8 +184,23 @@ def test_jvi_with_a_dominant_weight_matches_brute_force(use_dreg, mode):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("dtype", [tf.float32, tf.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("name", list(_every_objective(6)))
+# float64 for every objective; float32 by default for one objective of each gradient path
+# (IWAE: TOTAL, DReG: SPLIT, VIMCO: SCORE), every objective in the slow run.
+SAME_SEED_CASES = [
+    pytest.param(
+        name,
+        dtype,
+        id=f"{name}-{dtype.name}",
+        marks=[pytest.mark.slow]
+        if dtype == tf.float32 and name not in ("iwae", "dreg", "vimco")
+        else [],
+    )
+    for dtype in (tf.float32, tf.float64)
+    for name in _every_objective(6)
+]
+
+
+@pytest.mark.parametrize(("name", "dtype"), SAME_SEED_CASES)
 def test_same_seed_same_numbers_in_every_mode(name, dtype):
     """Eager, tf.function and XLA give the same loss and gradients for the same seed, for
     every registered objective (and its bool variants)."""
@@ -171,7 +209,7 @@ def test_same_seed_same_numbers_in_every_mode(name, dtype):
         np.asarray(t, dtype.as_numpy_dtype) for t in _point(np.random.default_rng(5), 4, 0.3)
     )
     tol = 1e-5 if dtype == tf.float32 else 1e-12
-    outs = [_run(objective, mode, mu, A, b, x) for mode in ("eager", "function", "xla")]
+    outs = [_run(objective, mode, mu, A, b, x) for mode in MODES]
     for other in outs[1:]:
         for a, b_ in zip(outs[0][1:], other[1:], strict=True):
             np.testing.assert_allclose(a.numpy(), b_.numpy(), rtol=tol, atol=tol)
@@ -182,9 +220,12 @@ class _SharedToy(tf.Module):
     """q(z|x) = N(A x + b + mu, sigma^2 I) shares mu with the prior N(mu, I)."""
 
 
-@pytest.mark.parametrize("name", ["iwae", "dreg", "rws", "stl"])
+@_each_eagerly_the_first_in_every_mode(
+    "name", {name: name for name in ("dreg", "iwae", "rws", "stl")}
+)
 def test_shared_parameter_gets_the_unified_surrogate_gradient(name, mode):
-    """A parameter of both p and q gets Tucker et al. appendix 8.3's update (eqs 11-15)."""
+    """A parameter of both p and q gets Tucker et al. appendix 8.3's update (eqs 11-15),
+    whether it is listed with the model's variables or with the inference network's."""
     rng = np.random.default_rng(6)
     mu, A, b, x = _point(rng, 3, offset=0.3)
     b = b - mu  # so that q's mean A x + b + mu matches the unshared toy's
@@ -195,15 +236,17 @@ def test_shared_parameter_gets_the_unified_surrogate_gradient(name, mode):
 
     def run(seed):
         mu_t = tf.constant(mu)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=True) as tape:
             tape.watch(mu_t)
             q = toy.make_q(tf.constant(A), tf.constant(b) + mu_t, tf.constant(x))
             result = objective(q, toy.make_log_joint(mu_t, tf.constant(x)), seed=seed)
-        return result, result.gradients(tape, [mu_t], [mu_t])
+        # Listed with the model's variables, or with the inference network's.
+        as_model = result.gradients(tape, [mu_t], []).model[0]
+        as_inference = result.gradients(tape, [], [mu_t]).inference[0]
+        return as_model, as_inference
 
     seed = tf.constant((8, 9), tf.int32)
-    _result, grads = in_mode(run, mode)(seed)
-    np.testing.assert_allclose(grads.model[0].numpy(), grads.inference[0].numpy())
+    as_model, as_inference = in_mode(run, mode)(seed)
     q = toy.make_q(tf.constant(A), tf.constant(b + mu), tf.constant(x))
     z = mco.sampling.sample(q, k, seed).numpy()
     want = np.zeros(D)
@@ -220,4 +263,5 @@ def test_shared_parameter_gets_the_unified_surrogate_gradient(name, mode):
             "stl": w @ p.path,
         }[name]
         want -= (direct + q_side) / len(x)
-    np.testing.assert_allclose(grads.model[0].numpy(), want, rtol=1e-6, atol=1e-10)
+    for got in (as_model, as_inference):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-10)

@@ -19,12 +19,15 @@ import tensorflow_probability as tfp
 
 import mcobjectives as mco
 from mcobjectives import sampling
-from tests.conftest import MODES, in_mode
+from tests.conftest import GRAPH_MODES, MODES, in_mode, mode_params, modes
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
 
 DTYPES = (tf.float32, tf.float64)
+# The tests named "same in every mode" compare a graph's draws with the eager draws; the
+# eager draws themselves are the subject of the other tests.
+COMPARED_WITH_EAGER = modes(*GRAPH_MODES, reason="eager is the reference they are compared to")
 SEED = tf.constant([1234, 5678], tf.int32)
 OTHER_SEED = tf.constant([1234, 5679], tf.int32)
 NUM_NORMALS = 200_000
@@ -52,14 +55,16 @@ def _normal_cdf(x):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@COMPARED_WITH_EAGER
 def test_standard_normal_same_in_every_mode(dtype, mode):
     """200k seeded draws in each mode have the requested shape and dtype and equal eager's."""
     shape = [400, 500]
     eager = sampling.standard_normal(shape, SEED, dtype).numpy()
     draws = _run(lambda: sampling.standard_normal(shape, SEED, dtype), mode)
     print(f"max |{mode} - eager| = {np.max(np.abs(draws - eager)):.3g}")
-    assert draws.shape == tuple(shape)
-    assert draws.dtype == dtype.as_numpy_dtype
+    for z in (eager, draws):
+        assert z.shape == tuple(shape)
+        assert z.dtype == dtype.as_numpy_dtype
     _assert_same_draws(draws, eager, dtype)
 
 
@@ -77,6 +82,7 @@ def _tail_bits(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@COMPARED_WITH_EAGER
 def test_standard_normal_tails_same_in_every_mode(dtype, mode, monkeypatch):
     """Draws deep in both tails agree with the eager draws in each mode."""
     bits = _tail_bits(dtype)
@@ -99,7 +105,7 @@ def test_standard_normal_tails_same_in_every_mode(dtype, mode, monkeypatch):
         _assert_same_draws(draws, eager, dtype)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@COMPARED_WITH_EAGER
 def test_standard_normal_split_seeds_same_in_every_mode(mode):
     """Seeds from stateless_split (negative components included) give the eager draws."""
     seeds = tf.random.experimental.stateless_split(SEED, 8)
@@ -186,6 +192,7 @@ def test_standard_normal_int_seed_replays(mode):
     np.testing.assert_array_equal(first, second)
 
 
+@COMPARED_WITH_EAGER
 def test_standard_normal_int_seed_same_in_every_mode(mode):
     """A Python int seed gives the eager draws in every mode."""
     eager = sampling.standard_normal([1000], 7, tf.float64).numpy()
@@ -336,6 +343,7 @@ def test_recognised_families_support_stable_sampling(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@COMPARED_WITH_EAGER
 def test_sample_same_in_every_mode(family, mode):
     """float32 and float64 draws have shape [n, B, *event] and equal the eager draws."""
     n = 1000
@@ -344,8 +352,9 @@ def test_sample_same_in_every_mode(family, mode):
     for dtype, z in zip(DTYPES, draws, strict=True):
         eager = _draw(family, dtype, "eager", n)
         print(f"{dtype.name}: max |{mode} - eager| = {np.max(np.abs(z - eager)):.3g}")
-        assert z.shape == (n, B, *FAMILIES[family][2])
-        assert z.dtype == dtype.as_numpy_dtype
+        for draw in (eager, z):
+            assert draw.shape == (n, B, *FAMILIES[family][2])
+            assert draw.dtype == dtype.as_numpy_dtype
         _assert_same_draws(z, eager, dtype)
 
 
@@ -455,13 +464,13 @@ def test_unrecognised_family_is_not_stable(family):
     assert not sampling.supports_stable_sampling(FALLBACKS[family]())
 
 
-# Gamma, Beta and Student-t samplers take seconds to compile under XLA; the XLA path of
-# the fallback is exercised by the transformed distribution.
+# Gamma, Beta and Student-t samplers take seconds to compile under XLA: there they run in
+# the slow run only; the default run's XLA case of the fallback is the transformed
+# distribution.
 FALLBACK_MODES = [
-    (family, mode)
+    pytest.param(family, *param.values, id=f"{family}-{param.id}", marks=param.marks)
     for family in FALLBACKS
-    for mode in MODES
-    if mode != "xla" or family == "transformed_batch_mismatch"
+    for param in mode_params(MODES, slow=() if family == "transformed_batch_mismatch" else ("xla",))
 ]
 
 
@@ -569,9 +578,11 @@ def test_counters_of_draws_of_2_31_numbers_or_more_do_not_wrap():
 
 
 def test_a_draw_of_more_than_2_31_numbers_traces_with_its_static_shape():
-    """standard_normal of 2**31 + 2**16 numbers builds its graph (not run: 8 GiB)."""
+    """standard_normal of 2**31 + 2**16 numbers builds its graph (traced in "function" mode
+    only: running it, eagerly or not, would take 8 GiB)."""
     shape = [2**16, 2**15 + 1]
-    traced = tf.function(lambda: sampling.standard_normal(shape, SEED)).get_concrete_function()
+    draw = in_mode(lambda: sampling.standard_normal(shape, SEED), "function")
+    traced = draw.get_concrete_function()
     assert traced.structured_outputs.shape.as_list() == shape
 
 
@@ -644,6 +655,7 @@ def test_scalar_tensor_seeds_beyond_2_62_give_streams_of_their_own():
     assert len(seeds) == len(wide)
 
 
+@COMPARED_WITH_EAGER
 def test_wide_seeds_same_in_every_mode(mode):
     """The hash of a seed outside the int32 range is integer arithmetic: the same seed and
     random bits eagerly, in tf.function and under XLA, also from a symbolic int64 tensor."""

@@ -17,12 +17,22 @@ import tensorflow as tf
 
 import mcobjectives as mco
 from tests import toy
-from tests.conftest import in_mode
+from tests.conftest import GRAPH_MODES, MODES, in_mode, modes
 
 R, D, K = 20_000, 2, 8
 # Unbiasedness: every coordinate's paired t statistic below 4.5 (6 coordinates; under
 # the null P(max |t| > 4.5) is about 4e-5). Bias: some coordinate's |t| above 10.
 T_UNBIASED, T_BIASED = 4.5, 10.0
+# A probabilistic test's outcome is a function of its seed, and the same seed gives the
+# same numbers in every mode (tests/test_properties.py, test_same_seed_same_numbers_in_
+# every_mode): the default run draws each test's estimates eagerly, the slow run in
+# tf.function and under XLA too.
+STATISTICAL_MODES = modes(
+    *MODES,
+    slow=GRAPH_MODES,
+    reason="a graph mode draws the eager estimates again (the same seed gives the same "
+    "numbers in every mode)",
+)
 
 
 def _replicated_point(offset: float = 0.4, seed: int = 0):
@@ -62,6 +72,7 @@ def _paired_t(g1, g2):
     ],
     ids=["iwae-dreg-vs-iwae", "rws-dreg-vs-rws", "jvi-dreg-vs-jvi"],
 )
+@STATISTICAL_MODES
 def test_dreg_has_the_mean_of_its_baseline(dreg, baseline, mean_is_nonzero, mode):
     """Probabilistic: paired over R replicates, mean(DReG - baseline) is 0 (|t| < 4.5)."""
     g_dreg, g_base = _phi_gradients(dreg, mode), _phi_gradients(baseline, mode)
@@ -75,6 +86,7 @@ def test_dreg_has_the_mean_of_its_baseline(dreg, baseline, mean_is_nonzero, mode
         assert np.max(np.abs(g_base.mean(0)) / (g_base.std(0) / np.sqrt(R))) > T_BIASED
 
 
+@STATISTICAL_MODES
 def test_dreg_alpha_is_the_convex_combination(mode):
     """Probabilistic: DReG(0.3) has the mean of 0.7 IWAE + 0.3 RWS (|t| < 4.5)."""
     mixed = 0.7 * _phi_gradients(mco.IWAE(K), mode) + 0.3 * _phi_gradients(mco.RWS(K), mode)
@@ -83,6 +95,7 @@ def test_dreg_alpha_is_the_convex_combination(mode):
     assert np.all(np.abs(t) < T_UNBIASED), t
 
 
+@STATISTICAL_MODES
 def test_stl_is_biased_for_k_above_one(mode):
     """Probabilistic: STL's mean differs from IWAE's for K > 1 (some |t| > 10)."""
     g_stl, g_iwae = _phi_gradients(mco.STL(K), mode), _phi_gradients(mco.IWAE(K), mode)
@@ -91,6 +104,7 @@ def test_stl_is_biased_for_k_above_one(mode):
     assert np.max(np.abs(t)) > T_BIASED, t
 
 
+@STATISTICAL_MODES
 def test_stl_is_unbiased_for_one_sample(mode):
     """Probabilistic: with K = 1 STL is the ELBO's path gradient, unbiased (|t| < 4.5)."""
     t = _paired_t(_phi_gradients(mco.STL(1), mode), _phi_gradients(mco.IWAE(1), mode))
@@ -137,6 +151,7 @@ def _t_of_mean(g):
     return g.mean(axis=0) / (g.std(axis=0, ddof=1) / np.sqrt(len(g)))
 
 
+@STATISTICAL_MODES
 def test_vimco_has_the_mean_of_iwae(mode):
     """Probabilistic: paired over R replicates, mean(VIMCO - IWAE) is 0 (|t| < 4.5).
 
@@ -151,6 +166,7 @@ def test_vimco_has_the_mean_of_iwae(mode):
     assert np.max(np.abs(_t_of_mean(g_iwae))) > T_BIASED
 
 
+@STATISTICAL_MODES
 def test_vimco_has_lower_variance_than_reinforce(mode):
     """Probabilistic: VIMCO's baseline cuts the score-function variance (ratio < 0.1).
 
@@ -170,6 +186,7 @@ def test_vimco_has_lower_variance_than_reinforce(mode):
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.9])
+@STATISTICAL_MODES
 def test_vriwae_dreg_has_the_mean_of_vriwae(alpha, mode):
     """Probabilistic: VRIWAE(dreg=True) is unbiased for VRIWAE's gradient (|t| < 4.5).
 

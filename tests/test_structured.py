@@ -26,7 +26,7 @@ import tensorflow_probability as tfp
 
 import mcobjectives as mco
 from mcobjectives import diagnostics, sampling
-from tests.conftest import in_mode
+from tests.conftest import GRAPH_MODES, MODES, in_mode, mode_params, modes
 
 tfd = tfp.distributions
 
@@ -34,6 +34,9 @@ B, D, S = 3, 2, 5
 SEED = tf.constant([11, 23], tf.int32)
 X = np.array([[0.5, -1.0], [2.0, 0.3], [-0.7, 1.2]])
 PER_EXAMPLE_SEEDS = np.array([[1, 2], [-3, 4], [5, -6]], np.int32)
+# The tests named "the same numbers in every mode" compare a graph's draws with the eager
+# draws, which the other tests check.
+COMPARED_WITH_EAGER = modes(*GRAPH_MODES, reason="eager is the reference they are compared to")
 
 
 def _run(fn, mode, *args):
@@ -152,6 +155,7 @@ def _objectives():
 
 
 @pytest.mark.parametrize("structure", JOINTS)
+@COMPARED_WITH_EAGER
 def test_sample_returns_q_structure_with_leaves_s_b_event_and_the_same_numbers_in_every_mode(
     structure, mode
 ):
@@ -194,9 +198,9 @@ def test_the_draws_depend_on_the_seed_and_each_part_has_its_own_noise():
 
 
 # Every objective draws with the same call, sampling.sample(q, S, seed), whatever its
-# gradient path; tracing eleven objectives takes 5-7 s, so tf.function and XLA replay
-# one objective of each GradientPath (IWAE: TOTAL, DReG: SPLIT, VIMCO: SCORE) by default
-# and every objective in the slow run.
+# gradient path; tracing eleven objectives takes 5-7 s, so by default tf.function and XLA
+# replay one objective of each GradientPath (IWAE: TOTAL, DReG: SPLIT, VIMCO: SCORE) for
+# one structure each, and every objective for every structure in the slow run.
 ONE_PER_PATH = ("iwae", "dreg", "vimco")
 REPLAY_CASES = [
     *((structure, "eager", "all") for structure in JOINTS),
@@ -204,9 +208,9 @@ REPLAY_CASES = [
     ("coroutine_autobatched", "xla", ONE_PER_PATH),
 ]
 REPLAY_CASES += [
-    pytest.param(structure, mode, "all", marks=pytest.mark.slow)
+    pytest.param(structure, *param.values, "all", marks=param.marks)
     for structure in JOINTS
-    for mode in ("function", "xla")
+    for param in mode_params(GRAPH_MODES, slow=GRAPH_MODES)
 ]
 
 
@@ -259,14 +263,17 @@ def _discrete_joint(x):
 PER_EXAMPLE_JOINTS = {**JOINTS, "discrete": _discrete_joint}
 
 
-# Eagerly: the test above shows that every mode draws the eager per-example numbers.
 @pytest.mark.parametrize("structure", PER_EXAMPLE_JOINTS)
+@modes(
+    "eager",
+    reason="the per-example draws are the same numbers in every mode (the sample test above, "
+    "and test_discrete_draws_are_identical_in_every_mode_with_tfps_default_dtype)",
+)
 def test_with_per_example_seeds_a_data_points_draws_do_not_depend_on_the_rest_of_the_batch(
-    structure,
+    structure, mode
 ):
     """Points (2, 0) in a batch of 2, and the batch of 3 reordered, draw what they drew in the
     batch of 3, leaf by leaf (float64 to 1e-12; integer leaves exactly)."""
-    mode = "eager"
     make_q = PER_EXAMPLE_JOINTS[structure]
 
     def draw(rows):
@@ -325,6 +332,7 @@ def test_discrete_families_are_drawn_by_the_librarys_own_sampler(family):
 
 
 @pytest.mark.parametrize("family", DISCRETE)
+@COMPARED_WITH_EAGER
 def test_discrete_draws_are_identical_in_every_mode_with_tfps_default_dtype(family, mode):
     """Draws (one seed and [B, 2] seeds) equal the eager draws exactly; dtype int32."""
     seeds = PER_EXAMPLE_SEEDS[:2]
@@ -336,7 +344,7 @@ def test_discrete_draws_are_identical_in_every_mode_with_tfps_default_dtype(fami
     eager, (single, per_example) = _run(draw, "eager"), _run(draw, mode)
     shape, dtype = DISCRETE_LAYOUT[family]
     assert DISCRETE[family]().dtype == dtype
-    for z in (single, per_example):
+    for z in (*eager, single, per_example):
         assert z.shape == (500, *shape)
         assert z.dtype == dtype.as_numpy_dtype
     np.testing.assert_array_equal(single, eager[0])
@@ -453,7 +461,12 @@ def test_hierarchical_closed_form_kl_is_zero_for_the_exact_posterior():
     assert np.all(_kl_from_posterior(HX, OFF_Q) > 0.1)
 
 
-@pytest.mark.parametrize("mode", ["eager", "function", pytest.param("xla", marks=pytest.mark.slow)])
+@modes(
+    *MODES,
+    slow=("xla",),
+    reason="log_marginal_estimate's chunk loop runs under XLA in tests/test_evaluation.py, "
+    "and a joint q under XLA in the replay test above",
+)
 def test_log_marginal_estimate_of_the_exact_posterior_is_log_px_to_1e_10(mode):
     """q = p(z1|x) p(z2|z1): every weight is p(x), so log p^(x) = log N(x; 0, 3I) to 1e-10."""
 
@@ -521,10 +534,11 @@ def _structured_model_log_joint(x):
     return mco.make_log_joint(prior, lambda z: _diag(z["z1"], 1.0, "x"), x)
 
 
-# Eager by default: a trace of eleven objectives takes 5-7 s (the replay test above runs
-# them in tf.function and under XLA).
-@pytest.mark.parametrize(
-    "mode", ["eager", *(pytest.param(m, marks=pytest.mark.slow) for m in ("function", "xla"))]
+@modes(
+    *MODES,
+    slow=GRAPH_MODES,
+    reason="a trace of eleven objectives takes 5-7 s; the replay test above runs one "
+    "objective of each gradient path in tf.function and under XLA by default",
 )
 def test_make_log_joint_with_a_joint_prior_works_with_every_objective(mode):
     """With the exact posterior q every objective's log weights are log p(x) (1e-10): the
@@ -619,6 +633,7 @@ def test_gradient_statistics_of_an_objective_with_a_joint_q(objective, structure
     assert np.all(np.isfinite(stats.snr["params"]))
 
 
+# Slow: diagnostics' jit_compile on a flat q is checked by tests/test_diagnostics.py.
 @pytest.mark.slow
 def test_gradient_statistics_of_a_joint_q_under_xla():
     """jit_compile=True gives the estimates of the non-XLA run (1e-10)."""

@@ -1,7 +1,8 @@
 """Write `mnist_subset.npz`: the first images of the real MNIST train and test splits.
 
-The subset is the offline fallback of `examples/mnist_data.py`. It is read from a TFDS data
-directory in which `mnist` has been prepared, in TFDS order, so the result is deterministic:
+The subset is the offline fallback of `mcobjectives.experimental.mnist.load_mnist`. It is read
+from a TFDS data directory in which `mnist` has been prepared, in TFDS order, so the result is
+deterministic:
 
     python examples/data/make_mnist_subset.py --data_dir /path/to/tensorflow_datasets
 
