@@ -99,7 +99,7 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "data", "synthetic", ["synthetic", "mnist"],
         "synthetic: random binary images (pixels on with probability 1/2); mnist: "
-        "examples/mnist_data.load_mnist('mnist'), binarized once with a fixed seed.",
+        "mcobjectives.experimental.mnist.load_mnist('mnist'), binarized once with a fixed seed.",
     )  # fmt: skip
     flags.DEFINE_integer("seed", 0, "Seed of the weights, data and samples.")
     out_dir = str(_harness.RESULTS_DIR / "throughput")
