@@ -372,6 +372,9 @@ def test_offline_fallback(bundled):
     assert metrics["dataset"] == "mnist-bundled-subset"
 
 
+# Slow: tests/test_keras_model.py checks in the default run that fit under
+# MirroredStrategy gives one device's weights; this is the same through the CLI.
+@pytest.mark.slow
 def test_mirrored_strategy(bundled, mirrored):
     """Two CPU replicas under MirroredStrategy train the same model as a single device."""
     single, multi = bundled.check(), mirrored.check()
