@@ -10,7 +10,8 @@ first test needs them, so that the machine's cores share out the work; each test
 waits for the runs it reads. A failing run prints its command and the tail of its output.
 
 Runs reading MNIST from TensorFlow Datasets are skipped when TFDS_DATA_DIR (the folder
-of prepared TFDS data; CI sets it) is unset or lacks the dataset; the others use the bundled subset (an empty TFDS_DATA_DIR and --nodownload).
+of prepared TFDS data; CI sets it) is unset or lacks the dataset; the others use the
+bundled subset (an empty TFDS_DATA_DIR and --nodownload).
 """
 
 from __future__ import annotations
