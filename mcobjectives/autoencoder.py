@@ -695,9 +695,7 @@ class ImportanceWeightedAutoencoder(keras.Model):
             XLA compiles each batch shape once, in seconds, which a small call, or a
             few of them, would not win back.
         """
-        auto = isinstance(jit_compile, str) and jit_compile == "auto"
-        if not auto and not isinstance(jit_compile, bool):
-            raise TypeError(f"`jit_compile` must be True, False or 'auto', got {jit_compile!r}.")
+        auto = _checked_jit_compile(jit_compile) == "auto"
         num_samples = _checks.check_count("num_samples", num_samples)
         chunk_size = _checks.check_count("chunk_size", chunk_size)
         x, context, _ = _unpack(data)
@@ -707,9 +705,9 @@ class ImportanceWeightedAutoencoder(keras.Model):
             context = tf.convert_to_tensor(context)
         if auto:
             batch_size = x.shape[0] if x.shape.rank else None
-            jit_compile = all(
-                getattr(layer, "supports_jit", True) for layer in self._flatten_layers()
-            ) and (batch_size is None or num_samples * batch_size >= 2**17)
+            jit_compile = _supports_xla(self) and (
+                batch_size is None or num_samples * batch_size >= 2**17
+            )
         functions = self.__dict__.get("_log_marginal_functions")
         if functions is None:  # not a Keras-tracked attribute: no weights, not saved
             functions = {}
@@ -824,6 +822,18 @@ def _callable_without_arguments(layer) -> bool:
     return True
 
 
+def _checked_jit_compile(jit_compile):
+    """`jit_compile` if it is True, False or "auto"; else a TypeError."""
+    if isinstance(jit_compile, bool) or (isinstance(jit_compile, str) and jit_compile == "auto"):
+        return jit_compile
+    raise TypeError(f"`jit_compile` must be True, False or 'auto', got {jit_compile!r}.")
+
+
+def _supports_xla(model: keras.Model) -> bool:
+    """Whether no layer of `model` declares `supports_jit = False`, as Keras asks."""
+    return all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
+
+
 def _takes_training(method) -> bool:
     try:
         return "training" in inspect.signature(method).parameters
@@ -904,10 +914,8 @@ def make_train_step(
         raise TypeError(f"`model` must be an ImportanceWeightedAutoencoder, got {type(model)}.")
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(f"`optimizer` must be a keras optimizer, got {type(optimizer).__name__}.")
-    if isinstance(jit_compile, str) and jit_compile == "auto":
-        jit_compile = all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
-    if not isinstance(jit_compile, bool):
-        raise TypeError(f"`jit_compile` must be True, False or 'auto', got {jit_compile!r}.")
+    if _checked_jit_compile(jit_compile) == "auto":
+        jit_compile = _supports_xla(model)
 
     if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
         optimizer, keras.optimizers.LossScaleOptimizer

@@ -410,7 +410,7 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
                 carrier, path_ratio.value = _carrier_and_ratio(
                     coefficients.model, coefficients.path
                 )
-            else:
+            elif path is GradientPath.SPLIT:  # z's gradient from log p is not used
                 path_ratio.value = tf.zeros_like(stopped)
             surrogate = tf.reduce_sum(carrier * log_p, axis=0)
             if coefficients.score is not None:

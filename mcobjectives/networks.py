@@ -244,7 +244,8 @@ def _checked_pixels(x: tf.Tensor) -> tf.Tensor:
         return tf.identity(x)
 
 
-def _bernoulli_log_prob(x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+@tf.custom_gradient
+def _bernoulli_log_prob(x: tf.Tensor, logits: tf.Tensor):
     """log Bernoulli(x; sigmoid(l)) per pixel: x l - softplus(l).
 
     TFP's x log p + (1 - x) log(1 - p) = -(1 - x) softplus(l) - x softplus(-l), in one
@@ -260,11 +261,6 @@ def _bernoulli_log_prob(x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     is given directly, x - sigmoid(l), rather than traced through |l| (whose
     derivative TF takes as 0 at l = 0).
     """
-    return _fast_bernoulli_log_prob(x, logits)
-
-
-@tf.custom_gradient
-def _fast_bernoulli_log_prob(x: tf.Tensor, logits: tf.Tensor):
     value = x * logits - tf.nn.relu(logits) - tf.math.log(1.0 + tf.exp(-tf.abs(logits)))
 
     def gradient(upstream):
