@@ -73,3 +73,19 @@ def modes(*subset: str, reason: str, slow: Iterable[str] = ()):
     if set(subset) == set(MODES) and not slow:
         raise ValueError("every mode, none slow: take the `mode` fixture instead")
     return pytest.mark.parametrize("mode", mode_params(subset, slow=slow))
+
+
+# Checkpoint bookkeeping that differs between runs that trained the same weights.
+NOT_COMPARED = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter")
+
+
+def latest_checkpoint_tensors(directory) -> dict:
+    """The tensors of the latest checkpoint in `directory`, by name (bookkeeping left out)."""
+    prefix = tf.train.latest_checkpoint(str(directory))
+    assert prefix is not None, f"no checkpoint in {directory}"
+    reader = tf.train.load_checkpoint(prefix)
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_dtype_map()
+        if not name.startswith(NOT_COMPARED)
+    }

@@ -30,9 +30,9 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import mcobjectives as mco
+from tests.conftest import latest_checkpoint_tensors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -67,7 +67,6 @@ RESUME_FLAGS = (
     "--nodownload",
 )
 KILL_AFTER = 20  # the checkpoint after which the interrupted run is killed
-NOT_COMPARED = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter")
 
 
 def _tfds_dir() -> pathlib.Path | None:
@@ -218,14 +217,7 @@ class Run:
 
     def last_checkpoint(self) -> dict:
         """The tensors of the run's latest checkpoint, by name (bookkeeping left out)."""
-        prefix = tf.train.latest_checkpoint(str(self.out_dir / "checkpoints"))
-        assert prefix is not None, f"no checkpoint in {self.out_dir}"
-        reader = tf.train.load_checkpoint(prefix)
-        return {
-            name: reader.get_tensor(name)
-            for name in reader.get_variable_to_dtype_map()
-            if not name.startswith(NOT_COMPARED)
-        }
+        return latest_checkpoint_tensors(self.out_dir / "checkpoints")
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,8 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
+
+from tests.conftest import latest_checkpoint_tensors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds for the three runs
@@ -51,7 +52,6 @@ FLAGS = (
     "--log_every=1",
     "--checkpoint_every=5",
 )
-NOT_COMPARED = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter")
 # Tolerances relative to each tensor's largest magnitude: the weights', and the Adam
 # moments' (statistics of the gradients, the second one of their squares).
 RTOL = {"weights": 1e-4, "optimizer": 1e-4}
@@ -85,14 +85,7 @@ def _tail(log: pathlib.Path, lines: int = 40) -> str:
 
 
 def _checkpoint(out_dir: pathlib.Path) -> dict:
-    prefix = tf.train.latest_checkpoint(str(out_dir / "checkpoints"))
-    assert prefix is not None, f"no checkpoint in {out_dir}"
-    reader = tf.train.load_checkpoint(prefix)
-    return {
-        name: reader.get_tensor(name)
-        for name in reader.get_variable_to_dtype_map()
-        if not name.startswith(NOT_COMPARED)
-    }
+    return latest_checkpoint_tensors(out_dir / "checkpoints")
 
 
 def _train_all(tmp_path: pathlib.Path, steps: int, phase: str) -> dict[str, str]:

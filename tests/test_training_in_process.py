@@ -22,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 from mcobjectives.experimental import mnist
+from tests.conftest import latest_checkpoint_tensors
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 if str(EXAMPLES) not in sys.path:
@@ -50,7 +51,6 @@ TINY = Config(
     checkpoint_every=10,
     download=False,
 )
-NOT_COMPARED = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter")
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +73,7 @@ def _run(config: Config, data: mnist.MnistData) -> dict:
 
 
 def _checkpoint(out_dir: pathlib.Path) -> dict[str, np.ndarray]:
-    prefix = tf.train.latest_checkpoint(str(out_dir / "checkpoints"))
-    assert prefix is not None, f"no checkpoint in {out_dir}"
-    reader = tf.train.load_checkpoint(prefix)
-    return {
-        name: reader.get_tensor(name)
-        for name in reader.get_variable_to_dtype_map()
-        if not name.startswith(NOT_COMPARED)
-    }
+    return latest_checkpoint_tensors(out_dir / "checkpoints")
 
 
 def _scalars(out_dir: pathlib.Path, tag: str) -> dict[int, float]:
