@@ -15,6 +15,7 @@ tfd = tfp.distributions
 __all__ = [
     "MAX_DIMENSION",
     "batch_size_assertion",
+    "bind_log_joint",
     "call_log_joint",
     "check_count",
     "check_distribution",
@@ -260,6 +261,17 @@ def log_prob(q, z) -> tf.Tensor:
             "every part of q (including a discrete part's logits) in one float dtype."
         )
     return functools.reduce(tf.add, parts)
+
+
+def bind_log_joint(log_joint, q):
+    """`log_joint` made ready for samples of `q`, before anything is traced.
+
+    A log joint that knows its pieces (one made by `mcobjectives.make_log_joint`, or the
+    Keras model's) checks them against q here and may return a version of itself that
+    pairs its prior's parts with q's; any other callable is returned as it is.
+    """
+    bind = getattr(type(log_joint), "_bind_to", None)
+    return log_joint if bind is None else bind(log_joint, q)
 
 
 def check_log_joint(log_joint) -> None:

@@ -374,6 +374,7 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         )
         _checks.check_log_joint(log_joint)
         _checks.check_seed(seed)
+        log_joint = _checks.bind_log_joint(log_joint, q)
 
         z = sampling.sample(q, self.num_samples, seed)
         # A batch of dynamic size 0 (a static 0 was refused above) would give a NaN loss.

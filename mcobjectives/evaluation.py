@@ -91,6 +91,7 @@ def log_marginal_estimate(
         q, objective="log_marginal_estimate", needs_reparameterization=False, allow_empty=True
     )
     _checks.check_log_joint(log_joint)
+    log_joint = _checks.bind_log_joint(log_joint, q)
     seed = _estimate_seed(seed)
     num_full, remainder = divmod(num_samples, chunk_size)
     seeds = tf.random.experimental.stateless_split(seed, num_full + (1 if remainder else 0))
