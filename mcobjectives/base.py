@@ -109,13 +109,14 @@ from __future__ import annotations
 import abc
 import enum
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from mcobjectives import _checks, sampling, weights
+from mcobjectives import _checks, _validation, sampling, weights
 
 tfd = tfp.distributions
 
@@ -194,8 +195,17 @@ class ObjectiveResult(NamedTuple):
       bound: [B], the objective's value per data point (for PIWAE, RWS, STL, DReG and
         VIMCO: the IWAE bound of all samples; for JVI: the jackknife estimate).
       log_weights: [S, B], log w = log p(x, z) - log q(z|x) for every sample, laid out
-        [num_outer * num_inner] (outer-major) for MIWAE and PIWAE.
-      ess: [B], the effective sample size (sum w)^2 / sum w^2 of all S weights.
+        [num_outer * num_inner] (outer-major) for MIWAE and PIWAE. -inf is a zero
+        weight (log p = -inf); a +inf is reported as NaN (see "Zero weights" below).
+      ess: [B], the effective sample size (sum w)^2 / sum w^2 of all S weights (0 where
+        every weight is zero).
+
+    Zero weights. A sample with log p(x, z) = -inf contributes nothing: the loss, bound
+    and gradients are their limits as its weight tends to 0. Where `bound` is -inf (every
+    weight zero; one zero weight for VAE and CIWAE with beta > 0, a group of zeros for
+    MIWAE) the loss is +inf and that data point sends no gradient. NaN or +inf from q or
+    `log_joint` make the log weight, the bound and the loss NaN, unless the objective
+    was built with `validate_args=True`, which raises naming the piece.
     """
 
     loss: tf.Tensor
@@ -264,6 +274,10 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
     other samples (no batch statistics across samples, such as batch normalization in
     training mode), since path derivatives are taken of the sum over samples.
 
+    Every objective also takes `validate_args` (default False): check each call's
+    samples, log q and log p(x, z) for NaN and +inf, raising a
+    `tf.errors.InvalidArgumentError` that names the piece and the data points.
+
     Attributes:
       gradient_path: a `GradientPath`, declared by every subclass.
       min_num_samples: the smallest valid `num_samples` (1; 2 for leave-one-out
@@ -273,12 +287,20 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
     gradient_path: ClassVar[GradientPath | None] = None
     min_num_samples: ClassVar[int] = 1
 
-    def __init__(self, num_samples: int, name: str | None = None):
+    def __init__(self, num_samples: int, name: str | None = None, validate_args: bool = False):
         super().__init__(name=name)
         self._num_samples = _checks.check_count(
             "num_samples", num_samples, minimum=self.min_num_samples, maximum=_checks.MAX_DIMENSION
         )
+        if not isinstance(validate_args, bool):
+            raise TypeError(f"`validate_args` must be a bool, got {validate_args!r}.")
         self._given_name = name
+        self._validate_args = validate_args
+
+    @property
+    def validate_args(self) -> bool:
+        """Whether each call checks q's samples and log p(x, z) for NaN and +inf."""
+        return self._validate_args
 
     @property
     def num_samples(self) -> int:
@@ -294,7 +316,7 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         """
         config = {}
         for arg, parameter in inspect.signature(type(self).__init__).parameters.items():
-            if arg in ("self", "name") or parameter.kind in (
+            if arg in ("self", "name", "validate_args") or parameter.kind in (
                 parameter.VAR_POSITIONAL,
                 parameter.VAR_KEYWORD,
             ):
@@ -305,8 +327,14 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
                     f"as an attribute: set self.{arg} in __init__ or override get_config."
                 )
             config[arg] = getattr(self, arg)
+        return self._with_common_config(config)
+
+    def _with_common_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """`config` with the base class's arguments where they differ from their defaults."""
         if self._given_name is not None:
             config["name"] = self._given_name
+        if self._validate_args:
+            config["validate_args"] = True
         return config
 
     @classmethod
@@ -358,6 +386,9 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
             `sampling.stateless_seed` says which seeds are accepted). Required.
 
         Raises:
+          tf.errors.InvalidArgumentError: with `validate_args=True`, where q's samples
+            or log q are NaN or infinite, or log p(x, z) is NaN or +inf, naming the piece
+            and the data points (eagerly and in a `tf.function`; XLA drops assertions).
           TypeError, ValueError: for a bad argument, naming it, before anything is
             traced (before `log_joint` is called) where the check needs no output;
             an empty batch and per-example seeds whose number differs from the batch
@@ -399,12 +430,25 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
             log_p = self._log_joint(log_joint, model_z, log_q)
             log_w = log_p - log_q
 
-        stopped = tf.stop_gradient(log_w)
+        if self._validate_args:
+            log_w = _checks.with_assertion(
+                _validation.finite_log_weights_assertion(z, log_q, log_p, name), log_w
+            )
+        # +inf (log p = +inf, or log q = -inf at q's own sample) has no meaning as a
+        # weight: it is reported, and propagates, as NaN.
+        stopped = _nan_for_positive_infinity(tf.stop_gradient(log_w))
         value = self._checked_value(self._value(stopped), stopped)
         coefficients = self._checked_coefficients(self._coefficients(stopped), path, stopped)
+        # A data point whose value is infinite (every weight zero, or one zero weight for
+        # the objectives averaging log w: the loss is then +inf) sends no gradient: 0, not
+        # the coefficients' 0/0.
+        coefficients = _without_infinite_values(coefficients, value)
 
+        # Every product below is of a coefficient and a log density that may be -inf (a
+        # zero weight, whose coefficient is then 0): multiply_no_nan gives 0 * -inf = 0,
+        # and its gradient, coefficient * upstream, is unchanged.
         if path is GradientPath.TOTAL:
-            surrogate = tf.reduce_sum(coefficients.model * log_w, axis=0)
+            surrogate = _weighted_sum(coefficients.model, log_w)
         else:
             carrier = coefficients.model
             if coefficients.path is not None:
@@ -413,9 +457,9 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
                 )
             elif path is GradientPath.SPLIT:  # z's gradient from log p is not used
                 path_ratio.value = tf.zeros_like(stopped)
-            surrogate = tf.reduce_sum(carrier * log_p, axis=0)
+            surrogate = _weighted_sum(carrier, log_p)
             if coefficients.score is not None:
-                surrogate += tf.reduce_sum(coefficients.score * log_q, axis=0)
+                surrogate += _weighted_sum(coefficients.score, log_q)
             if coefficients.path is not None:
                 live = [leaf for leaf in tf.nest.flatten(z) if leaf.dtype.is_floating]
                 dlogq_dz = inner.gradient(
@@ -428,7 +472,9 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
                     term += tf.reduce_sum(tf.stop_gradient(grad) * (leaf - fixed), axis=event_axes)
                 surrogate -= tf.reduce_sum(coefficients.path * term, axis=0)
 
-        loss = -tf.reduce_mean(value + surrogate - tf.stop_gradient(surrogate))
+        # surrogate - stop_gradient(surrogate) is exactly 0 (the surrogate is finite), so
+        # the loss is exactly -mean(value), +inf where a value is -inf.
+        loss = -tf.reduce_mean(value + (surrogate - tf.stop_gradient(surrogate)))
         return ObjectiveResult(
             loss=loss,
             bound=tf.stop_gradient(value),
@@ -498,6 +544,23 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
                 )
             checked.append(c)
         return Coefficients(*checked)
+
+
+def _weighted_sum(coefficient: tf.Tensor, log_density: tf.Tensor) -> tf.Tensor:
+    """sum_k coefficient_k * log_density_k, [B], a term of coefficient 0 being 0."""
+    return tf.reduce_sum(tf.math.multiply_no_nan(log_density, coefficient), axis=0)
+
+
+def _nan_for_positive_infinity(log_weights: tf.Tensor) -> tf.Tensor:
+    return tf.where(log_weights == math.inf, tf.constant(math.nan, log_weights.dtype), log_weights)
+
+
+def _without_infinite_values(coefficients: Coefficients, value: tf.Tensor) -> Coefficients:
+    """The coefficients, 0 for every sample of a data point whose value is +-inf."""
+    infinite = tf.math.is_inf(value)
+    return Coefficients(
+        *(None if c is None else tf.where(infinite, tf.zeros_like(c), c) for c in coefficients)
+    )
 
 
 def _same_known_dims(shape: tf.TensorShape, expected: tf.TensorShape) -> bool:

@@ -32,8 +32,8 @@ class STL(MCObjective):
 
     gradient_path = GradientPath.SPLIT
 
-    def __init__(self, num_samples: int, name: str | None = None):
-        super().__init__(num_samples, name=name)
+    def __init__(self, num_samples: int, name: str | None = None, validate_args: bool = False):
+        super().__init__(num_samples, name=name, validate_args=validate_args)
 
     def _value(self, log_weights):
         return log_mean_exp(log_weights)
@@ -63,8 +63,14 @@ class DReG(MCObjective):
 
     gradient_path = GradientPath.SPLIT
 
-    def __init__(self, num_samples: int, alpha: float = 0.0, name: str | None = None):
-        super().__init__(num_samples, name=name)
+    def __init__(
+        self,
+        num_samples: int,
+        alpha: float = 0.0,
+        name: str | None = None,
+        validate_args: bool = False,
+    ):
+        super().__init__(num_samples, name=name, validate_args=validate_args)
         self.alpha = _checks.check_unit_interval("alpha", alpha)
 
     def _value(self, log_weights):

@@ -12,7 +12,7 @@ import math
 
 import tensorflow as tf
 
-from mcobjectives import _checks
+from mcobjectives import _checks, _validation
 from mcobjectives.base import Coefficients, GradientPath, MCObjective
 from mcobjectives.weights import log_mean_exp, normalized_weights
 
@@ -43,8 +43,8 @@ class IWAE(MCObjective):
 
     gradient_path = GradientPath.TOTAL
 
-    def __init__(self, num_samples: int, name: str | None = None):
-        super().__init__(num_samples, name=name)
+    def __init__(self, num_samples: int, name: str | None = None, validate_args: bool = False):
+        super().__init__(num_samples, name=name, validate_args=validate_args)
 
     def _value(self, log_weights):
         return log_mean_exp(log_weights)
@@ -60,6 +60,8 @@ class MIWAE(MCObjective):
     gradient:  its total derivative, sum_mk (w~^(m)_k / M) d log w_mk, w~^(m) the
                weights normalized within group m.
 
+    The bound is -inf where every weight of one group is zero (log w = -inf).
+
     Args:
       num_outer: M >= 1, the number of averaged bounds.
       num_inner: K >= 1, the samples inside each bound.
@@ -67,10 +69,12 @@ class MIWAE(MCObjective):
 
     gradient_path = GradientPath.TOTAL
 
-    def __init__(self, num_outer: int, num_inner: int, name: str | None = None):
+    def __init__(
+        self, num_outer: int, num_inner: int, name: str | None = None, validate_args: bool = False
+    ):
         self.num_outer = _checks.check_count("num_outer", num_outer)
         self.num_inner = _checks.check_count("num_inner", num_inner)
-        super().__init__(self.num_outer * self.num_inner, name=name)
+        super().__init__(self.num_outer * self.num_inner, name=name, validate_args=validate_args)
 
     def _value(self, log_weights):
         grouped = _grouped(log_weights, self.num_outer, self.num_inner)
@@ -86,20 +90,22 @@ class VAE(MIWAE):
     value:     (1/M) sum_m log w_m
     gradient:  (1/M) sum_m d log w_m.
 
+    A single zero weight (log w_m = -inf) makes the bound -inf.
+
     Args:
       num_samples: M >= 1.
     """
 
-    def __init__(self, num_samples: int = 1, name: str | None = None):
+    def __init__(self, num_samples: int = 1, name: str | None = None, validate_args: bool = False):
         super().__init__(
-            num_outer=_checks.check_count("num_samples", num_samples), num_inner=1, name=name
+            num_outer=_checks.check_count("num_samples", num_samples),
+            num_inner=1,
+            name=name,
+            validate_args=validate_args,
         )
 
     def get_config(self):
-        config = {"num_samples": self.num_samples}
-        if self._given_name is not None:
-            config["name"] = self._given_name
-        return config
+        return self._with_common_config({"num_samples": self.num_samples})
 
 
 class CIWAE(MCObjective):
@@ -109,7 +115,8 @@ class CIWAE(MCObjective):
                in both terms
     gradient:  its total derivative, sum_k (beta / K + (1 - beta) w~_k) d log w_k.
 
-    CIWAE(K, beta=0) is IWAE(K) and CIWAE(K, beta=1) is VAE(K).
+    CIWAE(K, beta=0) is IWAE(K) and CIWAE(K, beta=1) is VAE(K). For beta > 0 a single
+    zero weight (log w_k = -inf) makes the ELBO term, and so the bound, -inf.
 
     Learnable beta (`learnable_beta=True`), the variant of the reproduction report of
     [2]: beta = sigmoid(beta_logit) with `beta_logit` a trainable variable of this
@@ -136,8 +143,9 @@ class CIWAE(MCObjective):
         beta: float = 0.5,
         learnable_beta: bool = False,
         name: str | None = None,
+        validate_args: bool = False,
     ):
-        super().__init__(num_samples, name=name)
+        super().__init__(num_samples, name=name, validate_args=validate_args)
         if not isinstance(learnable_beta, bool):
             raise TypeError(f"`learnable_beta` must be a bool, got {learnable_beta!r}.")
         beta = _checks.check_unit_interval("beta", beta, open_interval=learnable_beta)
@@ -164,7 +172,11 @@ class CIWAE(MCObjective):
 
     def _beta(self, dtype) -> tf.Tensor:
         if self.learnable_beta:
-            return tf.cast(self.beta, dtype)
+            beta = tf.cast(self.beta, dtype)
+            if self.validate_args:  # a NaN logit (a diverged or damaged run) is named
+                check = _validation.finite_value_assertion(beta, "CIWAE's learnable beta")
+                beta = _checks.with_assertion(check, beta)
+            return beta
         # Straight from the Python float: tf.cast(0.3, tf.float64) would round through float32.
         return tf.constant(self._fixed_beta, dtype)
 
@@ -182,13 +194,20 @@ class CIWAE(MCObjective):
     def _value(self, log_weights):
         beta = self._beta(log_weights.dtype)
         elbo = tf.reduce_mean(log_weights, axis=0)
-        return beta * elbo + (1.0 - beta) * log_mean_exp(log_weights)
+        # A term of weight exactly 0 is left out: beta = 0 is IWAE, whose bound is finite
+        # beside an ELBO of -inf (a zero weight), and beta = 1 is the ELBO.
+        return _weighted(beta, elbo) + _weighted(1.0 - beta, log_mean_exp(log_weights))
 
     def _coefficients(self, log_weights):
         beta = tf.stop_gradient(self._beta(log_weights.dtype))
         return Coefficients.total(
             beta / self.num_samples + (1.0 - beta) * normalized_weights(log_weights)
         )
+
+
+def _weighted(weight: tf.Tensor, bound: tf.Tensor) -> tf.Tensor:
+    """weight * bound, 0 where the weight is 0 (also for a bound of -inf)."""
+    return tf.math.multiply_no_nan(bound, weight * tf.ones_like(bound))
 
 
 class PIWAE(MCObjective):
@@ -199,7 +218,10 @@ class PIWAE(MCObjective):
     inference grad.:  MIWAE(M, L)'s over the same weights laid out [M, L],
                       sum_ml (w~^(m)_l / M) d log w_ml.
 
-    A parameter shared by p and q receives the sum of both terms.
+    A parameter shared by p and q receives the sum of both terms. A group whose
+    weights are all zero (log w = -inf) gives no inference gradient: its MIWAE term
+    log (1/L) sum_l w_ml is log 0, whose derivative is undefined, while the bound and
+    the model gradient come from the other groups' weights.
 
     Args:
       num_outer: M >= 1.
@@ -208,10 +230,12 @@ class PIWAE(MCObjective):
 
     gradient_path = GradientPath.SPLIT
 
-    def __init__(self, num_outer: int, num_inner: int, name: str | None = None):
+    def __init__(
+        self, num_outer: int, num_inner: int, name: str | None = None, validate_args: bool = False
+    ):
         self.num_outer = _checks.check_count("num_outer", num_outer)
         self.num_inner = _checks.check_count("num_inner", num_inner)
-        super().__init__(self.num_outer * self.num_inner, name=name)
+        super().__init__(self.num_outer * self.num_inner, name=name, validate_args=validate_args)
 
     def _value(self, log_weights):
         return log_mean_exp(log_weights)

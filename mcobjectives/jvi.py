@@ -14,7 +14,12 @@ import math
 import tensorflow as tf
 
 from mcobjectives.base import Coefficients, GradientPath, MCObjective
-from mcobjectives.weights import leave_one_out_logsumexp, log_mean_exp, normalized_weights
+from mcobjectives.weights import (
+    leave_one_out_logsumexp,
+    log_mean_exp,
+    max_log_weight,
+    normalized_weights,
+)
 
 __all__ = ["JVI"]
 
@@ -37,7 +42,10 @@ class JVI(MCObjective):
     jackknife correction grows with the spread of the largest log weights, so watch
     the ESS and a held-out log p^(x) when training with it.
 
-    Leave-one-out sums are computed stably in O(K) memory.
+    Leave-one-out sums are computed stably in O(K) memory. Zero weights (log w = -inf)
+    drop out of every sum. Where exactly one weight of a data point is nonzero, every
+    leave-one-out bound but one is log 0 and J_K = +inf (its limit): the loss is then
+    -inf, a non-finite step that the Keras model skips.
 
     Args:
       num_samples: K >= 2.
@@ -46,8 +54,14 @@ class JVI(MCObjective):
 
     min_num_samples = 2
 
-    def __init__(self, num_samples: int, dreg: bool = False, name: str | None = None):
-        super().__init__(num_samples, name=name)
+    def __init__(
+        self,
+        num_samples: int,
+        dreg: bool = False,
+        name: str | None = None,
+        validate_args: bool = False,
+    ):
+        super().__init__(num_samples, name=name, validate_args=validate_args)
         if not isinstance(dreg, bool):
             raise TypeError(f"`dreg` must be a bool, got {dreg!r}.")
         self.dreg = dreg
@@ -62,7 +76,7 @@ class JVI(MCObjective):
         """(log w - m, m), m the per-point maximum: J_K and its coefficients are
         computed from log weights near 0, since terms of size |log w| ~ 1e4 that cancel
         would cost float32 about 1e-3 relative accuracy."""
-        shift = tf.reduce_max(log_weights, axis=0)
+        shift = max_log_weight(log_weights)
         return log_weights - shift, shift
 
     def _value(self, log_weights):
@@ -73,7 +87,10 @@ class JVI(MCObjective):
         jackknife = k * log_mean_exp(log_weights) - (k - 1) / k * tf.reduce_sum(
             leave_one_out, axis=0
         )
-        return jackknife + shift
+        # Every weight zero: -inf (the limit of J_K as all weights shrink together),
+        # where the difference above is -inf - (-inf).
+        all_zero = tf.reduce_all(log_weights == -math.inf, axis=0)
+        return tf.where(all_zero, tf.constant(-math.inf, jackknife.dtype), jackknife + shift)
 
     def _coefficients(self, log_weights):
         k = self.num_samples

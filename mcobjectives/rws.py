@@ -33,8 +33,8 @@ class RWS(MCObjective):
 
     gradient_path = GradientPath.SCORE
 
-    def __init__(self, num_samples: int, name: str | None = None):
-        super().__init__(num_samples, name=name)
+    def __init__(self, num_samples: int, name: str | None = None, validate_args: bool = False):
+        super().__init__(num_samples, name=name, validate_args=validate_args)
 
     def _value(self, log_weights):
         return log_mean_exp(log_weights)

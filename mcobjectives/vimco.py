@@ -11,7 +11,12 @@ from __future__ import annotations
 import tensorflow as tf
 
 from mcobjectives.base import Coefficients, GradientPath, MCObjective
-from mcobjectives.weights import leave_one_out_logsumexp, log_mean_exp, normalized_weights
+from mcobjectives.weights import (
+    leave_one_out_logsumexp,
+    log_mean_exp,
+    max_log_weight,
+    normalized_weights,
+)
 
 __all__ = ["VIMCO"]
 
@@ -39,6 +44,14 @@ class VIMCO(MCObjective):
     never subtract a term (all shifted terms are <= 0), so they keep float32 precision
     for |log w| ~ 1e4 and for one dominant weight.
 
+    Zero weights (log w_j = -inf) give the estimator's limit as w_j -> 0: the geometric
+    mean of any set of weights holding w_j is 0, and sample j keeps its score term
+    (L_K - L_K^(-j)) d log q(z_j|x), which the unbiasedness of the estimator needs (the
+    probability q puts where the weight is zero moves the bound). Where exactly one
+    weight of a data point is nonzero, that sample's baseline is log 0: its learning
+    signal, and so the inference gradient, is infinite, and the loss is NaN (a step the
+    Keras model skips), although the bound is finite.
+
     Args:
       num_samples: K >= 2 (the baseline of sample k needs another sample).
     """
@@ -46,8 +59,8 @@ class VIMCO(MCObjective):
     gradient_path = GradientPath.SCORE
     min_num_samples = 2
 
-    def __init__(self, num_samples: int, name: str | None = None):
-        super().__init__(num_samples, name=name)
+    def __init__(self, num_samples: int, name: str | None = None, validate_args: bool = False):
+        super().__init__(num_samples, name=name, validate_args=validate_args)
 
     def _value(self, log_weights):
         return log_mean_exp(log_weights)
@@ -55,7 +68,7 @@ class VIMCO(MCObjective):
     def _coefficients(self, log_weights):
         k = self.num_samples
         # Every quantity below is invariant to a common shift of the log weights.
-        shifted = log_weights - tf.reduce_max(log_weights, axis=0)
+        shifted = log_weights - max_log_weight(log_weights)
         normalized = normalized_weights(shifted)
         # sum_{j != k} log w_j as the sums before and after k: no term is subtracted.
         others = tf.cumsum(shifted, axis=0, exclusive=True) + tf.cumsum(

@@ -62,8 +62,9 @@ class VRIWAE(MCObjective):
         alpha: float = 0.5,
         dreg: bool = False,
         name: str | None = None,
+        validate_args: bool = False,
     ):
-        super().__init__(num_samples, name=name)
+        super().__init__(num_samples, name=name, validate_args=validate_args)
         alpha = _checks.check_unit_interval("alpha", alpha)
         if alpha == 1.0:
             raise ValueError(

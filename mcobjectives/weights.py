@@ -2,6 +2,13 @@
 
 Every function here normalizes over the sample axis of each data point only (axis 0
 by default: log weights are laid out [num_samples, batch]), never across the batch.
+
+Zero weights. A log weight of -inf (log p(x, z) = -inf: a sample outside the support of
+a bounded prior or likelihood) is a weight of exactly 0, and every function here gives
+the limit in which that weight tends to 0: the sample contributes nothing, with no
+0 * -inf or -inf - (-inf) formed on the way. Where every weight of a data point is 0
+the normalized weights and the effective sample size are 0 (no sample carries weight)
+and `log_mean_exp` is -inf. A NaN log weight gives NaN.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ __all__ = [
     "effective_sample_size",
     "leave_one_out_logsumexp",
     "log_mean_exp",
+    "max_log_weight",
     "normalized_weights",
 ]
 
@@ -25,22 +33,42 @@ def log_mean_exp(log_weights: tf.Tensor, axis: int = 0) -> tf.Tensor:
 
 
 def normalized_weights(log_weights: tf.Tensor, axis: int = 0) -> tf.Tensor:
-    """w~_k = w_k / sum_j w_j, the self-normalized weights of each data point."""
-    return tf.nn.softmax(log_weights, axis=axis)
+    """w~_k = w_k / sum_j w_j, the self-normalized weights of each data point.
+
+    A weight of 0 (log weight -inf) gets w~ = 0; where every weight is 0, every w~ is 0
+    (the softmax would be 0 / 0).
+    """
+    log_weights = tf.convert_to_tensor(log_weights)
+    normalized = tf.nn.softmax(log_weights, axis=axis)
+    all_zero = tf.reduce_all(log_weights == -math.inf, axis=axis, keepdims=True)
+    return tf.where(all_zero, tf.zeros_like(normalized), normalized)
+
+
+def max_log_weight(log_weights: tf.Tensor, axis: int = 0, keepdims: bool = False) -> tf.Tensor:
+    """The largest log weight along `axis`, or 0 where every weight is 0 (all -inf).
+
+    The shift that log-sum-exp style computations subtract: log w - max would be
+    -inf - (-inf) = NaN where every log weight is -inf, while log w - 0 keeps them -inf.
+    """
+    x_max = tf.reduce_max(log_weights, axis=axis, keepdims=keepdims)
+    return tf.where(tf.math.is_finite(x_max), x_max, tf.zeros_like(x_max))
 
 
 def effective_sample_size(log_weights: tf.Tensor, axis: int = 0) -> tf.Tensor:
     """ESS = (sum_k w_k)^2 / sum_k w_k^2 (Rainforth et al. eq. 19), in [1, K].
 
     The maximum log weight is subtracted first: ESS is invariant to it, and log weights
-    of magnitude ~1e3 would otherwise cost float32 about 1e-4 relative accuracy.
+    of magnitude ~1e3 would otherwise cost float32 about 1e-4 relative accuracy. Zero
+    weights do not count; where every weight is 0 the ESS is 0.
     """
     log_weights = tf.convert_to_tensor(log_weights)
-    shifted = log_weights - tf.stop_gradient(tf.reduce_max(log_weights, axis=axis, keepdims=True))
-    return tf.exp(
+    shifted = log_weights - tf.stop_gradient(max_log_weight(log_weights, axis=axis, keepdims=True))
+    ess = tf.exp(
         2.0 * tf.reduce_logsumexp(shifted, axis=axis)
         - tf.reduce_logsumexp(2.0 * shifted, axis=axis)
     )
+    all_zero = tf.reduce_all(log_weights == -math.inf, axis=axis)
+    return tf.where(all_zero, tf.zeros_like(ess), ess)
 
 
 def leave_one_out_logsumexp(x: tf.Tensor, axis: int = 0) -> tf.Tensor:
@@ -71,7 +99,9 @@ def leave_one_out_logsumexp(x: tf.Tensor, axis: int = 0) -> tf.Tensor:
     is_max = tf.one_hot(
         tf.argmax(x, axis=0), tf.shape(x)[0], axis=0, on_value=True, off_value=False
     )
-    x_max = tf.reduce_max(x, axis=0)
+    # Entries of -inf (zero weights) are left out of every sum; where all are -inf the
+    # shift is 0, so that every out_i is log 0 = -inf rather than -inf - (-inf).
+    x_max = max_log_weight(x, axis=0)
     # Entries other than the maximum: the total minus their own term.
     shifted = tf.exp(x - x_max)
     total = tf.reduce_sum(shifted, axis=0)
