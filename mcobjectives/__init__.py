@@ -5,7 +5,7 @@ loss whose value is the negative bound and whose gradients are the objective's
 estimators for the model and inference networks.
 """
 
-from mcobjectives import diagnostics, networks, sampling, weights
+from mcobjectives import diagnostics, limits, networks, sampling, weights
 from mcobjectives.autoencoder import ImportanceWeightedAutoencoder, make_train_step
 from mcobjectives.base import (
     Coefficients,
@@ -56,6 +56,7 @@ __all__ = [
     "diagnostics",
     "effective_sample_size",
     "leave_one_out_logsumexp",
+    "limits",
     "log_marginal_estimate",
     "log_mean_exp",
     "make_log_joint",

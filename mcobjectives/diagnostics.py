@@ -34,6 +34,15 @@ DSNR against the estimator's own mean needs that mean first: the estimates are k
 when they fit in `max_stored_elements`, and are otherwise drawn again from the same
 seeds in a second pass.
 
+Non-finite estimates are refused, not averaged: an estimate holding NaN or inf (a
+`log_joint` of NaN for some z, say) would make the mean, variance and SNR of its leaf NaN
+with no word of why. `gradient_statistics` checks every chunk as it is drawn and raises a
+ValueError at the first chunk holding one, naming how many of that chunk's estimates are
+non-finite, in which leaves (with their NaN and inf counts), and the first such estimate's
+index r, whose seed (the r-th of the split) replays it. A `reference`, a `true_gradient`
+and a `dsnr_direction` are checked the same way, as is `directional_snr`'s input. These
+are eager utilities (their statistics are NumPy arrays), so the checks are plain Python.
+
 The same statistics apply to numbers at hand: `snr` of a mean and a variance,
 `directional_snr` of kept estimates along a direction, `snr_noise_floor` (the plug-in SNR
 of pure noise) and `random_direction_dsnr` (the DSNR of pure noise), and
@@ -58,6 +67,7 @@ import tensorflow as tf
 
 from mcobjectives import _checks, sampling
 from mcobjectives.base import ObjectiveResult
+from mcobjectives.evaluation import _leaf_paths
 
 __all__ = [
     "GradientEstimator",
@@ -255,10 +265,60 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def _unit(direction: np.ndarray, what: str) -> np.ndarray:
+    _check_finite(direction, what)
     norm = np.linalg.norm(direction)
     if not np.isfinite(norm) or norm == 0:
-        raise ValueError(f"the DSNR direction ({what}) has norm {norm}: it must be nonzero.")
+        raise ValueError(f"the DSNR direction {what} has norm {norm}: it must be nonzero.")
     return direction / norm
+
+
+def _non_finite_counts(values: np.ndarray) -> tuple[int, int]:
+    """The numbers of NaN and of +-inf entries of `values`."""
+    return int(np.count_nonzero(np.isnan(values))), int(np.count_nonzero(np.isinf(values)))
+
+
+def _check_finite(values: np.ndarray, what: str) -> None:
+    """Refuses an array holding NaN or inf, naming `what` and how many entries."""
+    nan, inf = _non_finite_counts(values)
+    if nan or inf:
+        raise ValueError(
+            f"{what} holds {nan} NaN and {inf} inf of its {values.size} entries: it must be finite."
+        )
+
+
+def _leaf_label(path: str) -> str:
+    return f"leaf '{path}'" if path else "the estimate"
+
+
+def _check_finite_estimates(
+    name: str, leaves: list[np.ndarray], paths: list[str], start: int, num_estimates: int
+) -> None:
+    """Refuses a chunk of estimates [n, ...] per leaf (estimates start..start+n-1 of R)
+    holding NaN or inf: names how many estimates, in which leaves, and the first one."""
+    n = leaves[0].shape[0]
+    bad_rows = np.zeros(n, bool)
+    by_leaf = []
+    for path, leaf in zip(paths, leaves, strict=True):
+        rows = ~np.isfinite(leaf.reshape(n, -1)).all(axis=1)
+        if rows.any():
+            nan, inf = _non_finite_counts(leaf)
+            by_leaf.append(
+                f"{_leaf_label(path)}: {int(rows.sum())} estimates, {nan} NaN and {inf} inf "
+                f"among their {int(rows.sum()) * (leaf.size // max(n, 1))} components"
+            )
+        bad_rows |= rows
+    if not by_leaf:
+        return
+    first = start + int(np.argmax(bad_rows))
+    raise ValueError(
+        f"`{name}` returned non-finite gradient estimates: {int(bad_rows.sum())} of the {n} "
+        f"estimates {start} to {start + n - 1} (of num_estimates = {num_estimates}) hold NaN "
+        f"or inf, so their mean, variance and SNR would be NaN. By leaf: "
+        f"{'; '.join(by_leaf)}. The first is estimate {first}: replay it with the seed "
+        f"tf.random.experimental.stateless_split(mcobjectives.sampling.stateless_seed(seed), "
+        f"{num_estimates})[{first}], and look for the draws z where log_joint or q gives NaN "
+        "or inf (a NaN parameter, or a log_joint of -inf for every sample of a data point)."
+    )
 
 
 def _own_unit(mean: np.ndarray) -> np.ndarray | None:
@@ -339,6 +399,11 @@ def gradient_statistics(
 
     Returns:
       A `GradientStatistics` of float64 NumPy arrays and floats.
+
+    Raises:
+      ValueError: at the first chunk holding an estimate (of `estimator` or `reference`)
+        with NaN or inf, naming how many of its estimates, in which leaves, and the first
+        one's index; or a `true_gradient` or `dsnr_direction` holding NaN or inf.
     """
     _check_estimator("estimator", estimator)
     if reference is not None:
@@ -376,10 +441,20 @@ def gradient_statistics(
             if dsnr_direction is not None and not own_mean:
                 directions = _as_leaves("dsnr_direction", dsnr_direction, len(chunk))
                 _check_shapes("dsnr_direction", directions, shapes)
-                units = [_unit(d, "dsnr_direction") for d in directions]
+                labels = _leaf_paths(sampler.structure, len(chunk))
+                units = [
+                    _unit(d, f"`dsnr_direction` ({_leaf_label(p)})")
+                    for d, p in zip(directions, labels, strict=True)
+                ]
             if true_gradient is not None:
                 truth = _as_leaves("true_gradient", true_gradient, len(chunk))
                 _check_shapes("true_gradient", truth, shapes)
+                for t, p in zip(truth, _leaf_paths(sampler.structure, len(chunk)), strict=True):
+                    _check_finite(t, f"`true_gradient` ({_leaf_label(p)})")
+        paths = _leaf_paths(sampler.structure, len(chunk))
+        _check_finite_estimates("estimator", chunk, paths, start, num_estimates)
+        if reference is not None:
+            _check_finite_estimates("reference", drawn[1], paths, start, num_estimates)
         for i, leaf in enumerate(chunk):
             moments[i].update(leaf)
         if reference is not None:
@@ -505,6 +580,10 @@ def directional_snr(estimates, direction) -> tuple[float, tuple[float, float]]:
     Returns:
       (DSNR, (25 % quantile, 75 % quantile) of the R ratios); NaN for a direction of one
       number (there is no perpendicular part).
+
+    Raises:
+      ValueError: for estimates or a direction holding NaN or inf (naming how many), a
+        zero direction, or mismatched shapes.
     """
     estimates = np.asarray(estimates, np.float64)
     direction = np.asarray(direction, np.float64)
@@ -513,7 +592,16 @@ def directional_snr(estimates, direction) -> tuple[float, tuple[float, float]]:
             f"`estimates` must be [R, *direction.shape] with R >= 1, got {estimates.shape} "
             f"for a direction of shape {direction.shape}."
         )
-    ratios = _directional_ratios(estimates, _unit(direction, "direction"))
+    rows = ~np.isfinite(estimates.reshape(len(estimates), -1)).all(axis=1)
+    if rows.any():
+        nan, inf = _non_finite_counts(estimates)
+        raise ValueError(
+            f"`estimates` holds non-finite estimates: {int(rows.sum())} of the "
+            f"{len(estimates)} (the first is estimate {int(np.argmax(rows))}), with {nan} NaN "
+            f"and {inf} inf entries; their DSNR would be NaN. Leave them out, or find why "
+            "the estimator gives them."
+        )
+    ratios = _directional_ratios(estimates, _unit(direction, "`direction`"))
     return float(np.mean(ratios)), _quartiles(ratios)
 
 
@@ -561,8 +649,12 @@ def t_statistic_summary(t) -> dict[str, float]:
       ValueError: if a t statistic is NaN.
     """
     t = np.abs(np.asarray(t, np.float64).ravel())
-    if np.isnan(t).any():
-        raise ValueError("`t` holds NaN: t statistics are numbers or +-inf.")
+    nan = int(np.count_nonzero(np.isnan(t)))
+    if nan:
+        raise ValueError(
+            f"`t` holds NaN in {nan} of its {t.size} entries (the first at flat index "
+            f"{int(np.argmax(np.isnan(t)))}): t statistics are numbers or +-inf."
+        )
     kept = t[t != 0]
     n = int(kept.size)
     with np.errstate(over="ignore"):

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from mcobjectives import _checks, sampling
+from mcobjectives import _checks, _validation, limits, sampling
 from mcobjectives.base import LogJoint
 
 tfd = tfp.distributions
@@ -17,13 +17,21 @@ tfd = tfp.distributions
 __all__ = ["active_units", "log_marginal_estimate"]
 
 
-def _chunk_log_sum_exp(q, log_joint, num_samples, seed):
+def _chunk_log_sum_exp(q, log_joint, num_samples, seed, validate_args=False):
     """log sum_k w_k over one chunk of `num_samples` draws, [B]."""
     z = sampling.sample(q, num_samples, seed)
     log_q = _checks.log_prob(q, z)
     log_p = _checks.call_log_joint(log_joint, z, log_q)
     log_p = _checks.check_log_joint_output(log_p, log_q, num_samples)
-    return tf.stop_gradient(tf.reduce_logsumexp(log_p - log_q, axis=0))
+    log_w = log_p - log_q
+    if validate_args:
+        log_w = _checks.with_assertion(
+            _validation.finite_log_weights_assertion(z, log_q, log_p, "log_marginal_estimate"),
+            log_w,
+        )
+    # +inf is no weight: NaN, as in the objectives.
+    log_w = tf.where(log_w == math.inf, tf.constant(math.nan, log_w.dtype), log_w)
+    return tf.stop_gradient(tf.reduce_logsumexp(log_w, axis=0))
 
 
 def _fold(total, chunk):
@@ -54,6 +62,7 @@ def log_marginal_estimate(
     seed,
     num_samples: int = 5000,
     chunk_size: int = 500,
+    validate_args: bool = False,
 ) -> tf.Tensor:
     """log p^(x) = log (1/K) sum_k w_k with K = `num_samples`, per data point.
 
@@ -81,6 +90,11 @@ def log_marginal_estimate(
         `tf.random.experimental.stateless_split(sampling.stateless_seed(seed), num_chunks)`.
       num_samples: K >= 1.
       chunk_size: samples per chunk, >= 1 (the last chunk holds the remainder).
+      validate_args: check every chunk's samples, log q and log p(x, z) for NaN and
+        +inf, raising `tf.errors.InvalidArgumentError` naming the piece and the data
+        points (not under XLA, which drops assertions). By default a NaN or +inf log
+        weight makes that data point's estimate NaN. A log p(x, z) of -inf is a zero
+        weight, left out of the sum; the estimate is -inf where every weight is zero.
 
     Returns:
       A [B] tensor in the dtype of log q (empty for an empty batch).
@@ -90,9 +104,13 @@ def log_marginal_estimate(
     _checks.check_distribution(
         q, objective="log_marginal_estimate", needs_reparameterization=False, allow_empty=True
     )
+    # Memory is one chunk's, whatever num_samples.
+    limits.check_sample_memory(q, chunk_size, argument="chunk_size")
     _checks.check_log_joint(log_joint)
     log_joint = _checks.bind_log_joint(log_joint, q)
     seed = _estimate_seed(seed)
+    if not isinstance(validate_args, bool):
+        raise TypeError(f"`validate_args` must be a bool, got {validate_args!r}.")
     num_full, remainder = divmod(num_samples, chunk_size)
     seeds = tf.random.experimental.stateless_split(seed, num_full + (1 if remainder else 0))
 
@@ -103,13 +121,15 @@ def log_marginal_estimate(
     total = tf.fill(tf.shape(probe)[1:], tf.constant(-math.inf, probe.dtype))
 
     def body(i, total):
-        return i + 1, _fold(total, _chunk_log_sum_exp(q, log_joint, chunk_size, seeds[i]))
+        chunk = _chunk_log_sum_exp(q, log_joint, chunk_size, seeds[i], validate_args)
+        return i + 1, _fold(total, chunk)
 
     _, total = tf.while_loop(
         lambda i, _: i < num_full, body, (tf.constant(0), total), maximum_iterations=num_full
     )
     if remainder:
-        total = _fold(total, _chunk_log_sum_exp(q, log_joint, remainder, seeds[num_full]))
+        chunk = _chunk_log_sum_exp(q, log_joint, remainder, seeds[num_full], validate_args)
+        total = _fold(total, chunk)
     return total - tf.constant(math.log(num_samples), total.dtype)
 
 
@@ -128,6 +148,13 @@ def active_units(posterior_means, threshold: float = 1e-2):
     Returns:
       An int32 scalar; for a structure, the same structure of int32 scalars (the
       active units of each leaf).
+
+    Raises:
+      ValueError: for means holding NaN or inf (a unit whose activity is NaN is neither
+        active nor inactive), naming how many entries, in which units and data points,
+        where the values are known (eagerly, or constants); in a `tf.function` the check
+        is a run-time assertion (`tf.errors.InvalidArgumentError` with the counts),
+        which XLA compiles away: count active units eagerly, on the means it returns.
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold <= 0:
         raise ValueError(f"`threshold` must be a positive float, got {threshold!r}.")
@@ -206,5 +233,38 @@ def _active_units(posterior_means, threshold: float, what: str) -> tf.Tensor:
         )
     if not posterior_means.dtype.is_floating:
         posterior_means = tf.cast(posterior_means, tf.float64)
+    # A unit with a NaN or inf mean has activity NaN, which no threshold compares with:
+    # refused, not counted as inactive. Known values are checked here; a graph's at run
+    # time (an assertion, which XLA compiles away).
+    known = tf.get_static_value(posterior_means)
+    if known is not None:
+        bad = ~np.isfinite(known)
+        if bad.any():
+
+            def listing(indices):
+                shown = ", ".join(str(i) for i in indices[:10])
+                return shown + (", ..." if len(indices) > 10 else "")
+
+            units, rows = np.flatnonzero(bad.any(axis=0)), np.flatnonzero(bad.any(axis=1))
+            raise ValueError(
+                f"{what} holds {int(np.isnan(known).sum())} NaN and "
+                f"{int(np.isinf(known).sum())} inf entries, in {units.size} of its "
+                f"{known.shape[1]} units (columns {listing(units)}) and {rows.size} of its "
+                f"{known.shape[0]} data points (rows {listing(rows)}): the activity of such a "
+                "unit (the variance of its posterior mean across data points) is NaN, neither "
+                "active nor inactive. Find why q's mean is not finite for those data points."
+            )
+    else:
+        finite = tf.math.is_finite(posterior_means)
+        check = tf.debugging.Assert(
+            tf.reduce_all(finite),
+            [
+                f"{what} holds NaN or inf entries (the activity of their units is NaN); "
+                "non-finite entries, then units:",
+                tf.reduce_sum(tf.cast(~finite, tf.int32)),
+                tf.reduce_sum(tf.cast(~tf.reduce_all(finite, axis=0), tf.int32)),
+            ],
+        )
+        posterior_means = _checks.with_assertion(check, posterior_means)
     activity = tf.math.reduce_variance(posterior_means, axis=0)
     return tf.reduce_sum(tf.cast(activity > threshold, tf.int32))

@@ -45,7 +45,7 @@ import tensorflow_probability as tfp
 from tensorflow_probability.python.distributions import independent, transformed_distribution
 from tensorflow_probability.python.distributions import sample as sample_lib
 
-from mcobjectives import _checks
+from mcobjectives import _checks, limits
 
 tfd = tfp.distributions
 
@@ -522,14 +522,22 @@ def sample(q: tfd.Distribution, num_samples: int, seed):
     Args:
       q: a distribution; see the module docstring for the families sampled stably.
         Its continuous leaves must be float32 or float64.
-      num_samples: how many draws, a Python int in [1, 2**31).
+      num_samples: how many draws, a Python int in [1, 2**31), whose samples must fit
+        the sample-memory limit (`mcobjectives.limits`; checked from q's static shapes,
+        a size known only at run time counting as 1).
       seed: a stateless seed (an int or a shape-[2] integer tensor), or a `[B, 2]`
         integer tensor of per-example seeds for a q of batch shape `[B]` (checked at run
         time where B is not static); see `stateless_seed` for what a seed may be.
+
+    Raises:
+      ValueError: naming `num_samples`, if the samples would exceed the sample-memory
+        limit (`mcobjectives.limits.check_sample_memory`), before anything is allocated.
     """
     _checks.check_is_distribution(q)
     num_samples = _checks.check_count("num_samples", num_samples, maximum=_checks.MAX_DIMENSION)
     _checks.check_float_dtypes(q)
+    # From q's static shapes only: refused before any tensor is made (no draw changes).
+    limits.check_sample_memory(q, num_samples)
     seed = _seed_for(q, seed)
     if _checks.is_joint(q):
         return _sample_joint(q, num_samples, seed)
