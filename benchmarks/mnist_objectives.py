@@ -197,6 +197,11 @@ def main(argv):
     for flag in ("seeds", "steps", "eval_size", "eval_num_samples"):
         if getattr(FLAGS, flag) < 1:
             raise app.UsageError(f"--{flag} must be >= 1, got {getattr(FLAGS, flag)}.")
+    if FLAGS.eval_num_samples < mnist.BOUND_SAMPLES:  # -KL = IWAE-64 - log p^(x)
+        raise app.UsageError(
+            f"--eval_num_samples must be >= {mnist.BOUND_SAMPLES}, the K of the IWAE-64 "
+            f"bound that -KL compares log p^(x) with; got {FLAGS.eval_num_samples}."
+        )
     out_dir = pathlib.Path(FLAGS.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {f: getattr(FLAGS, f) for f in ("steps", "eval_size", "eval_num_samples")}

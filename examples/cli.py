@@ -1,11 +1,13 @@
 """The command line of the examples: the flags they share, the `Config` built from them
 once in the script's `main`, and the exit statuses of a run.
 
-Exit statuses: `EXIT_FLAGS` (2) for flags or TF_CONFIG that cannot make a run,
-`EXIT_FAILURE` (1) for a run refused (out_dir in use, a resume that would change the
-run, no intact checkpoint) or stopped (non-finite or diverging training, a peer worker
-gone under --strategy=multi_worker), `EXIT_INTERRUPTED` (130) for Ctrl-C; the message
-goes to stderr as "<script>: error: ...".
+Exit statuses: 0 for a run that ends, and for --help (and --helpshort, --helpfull,
+--helpxml), which absl's own parser would end with 1; `EXIT_FLAGS` (2) for flags or
+TF_CONFIG that cannot make a run, `EXIT_FAILURE` (1) for a run refused (out_dir in use,
+a resume that would change the run, no intact checkpoint, a full disk) or stopped
+(non-finite or diverging training, a peer worker gone under --strategy=multi_worker),
+`EXIT_INTERRUPTED` (130) for Ctrl-C; the message goes to stderr as
+"<script>: error: ...".
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 import tensorflow as tf
-from absl import flags
+from absl import app, flags
 
 import train
 from config import (
@@ -137,7 +139,10 @@ flags.DEFINE_integer(
     "eval_size", DEFAULTS.eval_size, "Evaluate on the first N test images (>= 1; default: all)."
 )
 flags.DEFINE_integer(
-    "eval_num_samples", DEFAULTS.eval_num_samples, "K of the log p^(x) estimate (>= 1)."
+    "eval_num_samples",
+    DEFAULTS.eval_num_samples,
+    "K of the log p^(x) estimate (>= 64, the K of the IWAE-64 bound that -KL compares it "
+    "with; at most 2^31 - 1 draws per evaluation with the test images).",
 )
 flags.DEFINE_integer(
     "eval_chunk_size",
@@ -213,6 +218,31 @@ def main(
         message = "interrupted; rerun the same command to resume from the last checkpoint."
         _exit(program, message, EXIT_INTERRUPTED)
     return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing of the command line, but --help and its kin exit with 0: the user
+    asked for the help, and got it.
+
+    absl's help flags print the usage and exit with 1 from inside the parsing (before
+    `main`); every other way out of it is a parse error, which absl reports and exits
+    with 1 as before.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error:
+        flags.FLAGS.unparse_flags()
+        return app.parse_flags_with_usage(argv)  # reports the error and exits with 1
+    except SystemExit as exit:
+        if exit.code == 1:  # a help flag: its usage is printed
+            sys.stdout.flush()
+            raise SystemExit(0) from None
+        raise
+
+
+def run_app(main: Callable[[list[str]], None]) -> None:
+    """`absl.app.run(main)` with --help exiting 0 (`_parse_flags`): the scripts' entry."""
+    app.run(main, flags_parser=_parse_flags)
 
 
 def _exit(program: str, error: Exception | str, status: int) -> None:

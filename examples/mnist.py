@@ -41,7 +41,19 @@ subset of real MNIST digits, says so, and records "mnist-bundled-subset" as the 
 
 Every flag is checked at startup, before any data are loaded: invalid flags stop the
 run with exit status 2 and one line per problem, naming the flag and what to give
-instead. `python examples/mnist.py --help` lists the flags (--helpfull also TensorFlow's).
+instead. So is the memory a run would need: a training step of --num_samples x
+--batch_size samples, or a chunk of log p^(x) (--eval_chunk_size x --eval_batch_size),
+whose sample tensors would exceed `mcobjectives.limits.sample_memory_limit()` (a tenth
+of the machine's memory; MCOBJECTIVES_SAMPLE_MEMORY_LIMIT=64GiB raises it), and an
+evaluation of more than 2^31 - 1 draws (--eval_num_samples x the test images), which
+would run for hours. --eval_num_samples is at least 64, the K of the IWAE-64 bound that
+-KL = IWAE-64 - log p^(x) compares log p^(x) with: with fewer, log p^(x) is the looser
+bound and the "-KL" comes out positive. `python examples/mnist.py --help` lists the
+flags (--helpfull also TensorFlow's) and exits with 0.
+
+A damaged TFDS folder (truncated or garbage records, a garbage dataset_info.json) is
+treated like a missing one: the run falls back to the bundled subset, with the banner
+saying why.
 
 Resuming. The first start stores the run's configuration in <out_dir>/config.json. A
 rerun resumes only if it agrees with it on every flag that defines the run (data,
@@ -49,9 +61,14 @@ model, objective, learning rate, seed, ...); it may change how long the run trai
 (--epochs, --max_steps), how it evaluates, logs and checkpoints (--eval_*, --log_every,
 --checkpoint_every) and where it runs (--strategy, --num_cpu_devices, --jit_compile);
 otherwise it is refused, naming the flags that differ (exit status 1). An out_dir is
-locked by the run using it (<out_dir>/.lock): a second run there is refused. A damaged
-latest checkpoint (say, from a full disk) is moved to checkpoints/corrupt/ and the run
-resumes from the previous one. A step whose loss or gradients are not finite stops the
+locked by the run using it (<out_dir>/.lock, removed when the run ends): a second run
+there is refused. A damaged latest checkpoint (say, from a full disk) is moved to
+checkpoints/corrupt/ and the run resumes from the previous one; a damaged metrics.json
+is renamed to metrics.json.corrupt with a warning, and its evaluations are rebuilt from
+the TensorBoard summaries. A disk that fills while a checkpoint or the metrics are
+written stops the run (exit status 1) with a message naming --out_dir and the space a
+checkpoint takes; the previous checkpoint stays the latest, and rerunning the same
+command once there is space resumes from it. A step whose loss or gradients are not finite stops the
 run (exit status 1) before anything is saved from it, suggesting a lower
 --learning_rate.
 
@@ -83,7 +100,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 import mcobjectives as mco
 from mcobjectives.experimental import mnist as experimental_mnist
@@ -168,4 +185,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_app(main)  # app.run(main), with --help exiting 0

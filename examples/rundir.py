@@ -12,6 +12,10 @@ that bookkeeping that need no TensorFlow, so that they are quick to test:
   in `<out_dir>/config.json` when the run first starts and compared with the flags of
   every later start, so that a rerun with other model, objective, seed or data flags is
   refused instead of silently continuing the stored run under a new label.
+* `load_metrics`: the run's `<out_dir>/metrics.json`; a damaged one (not JSON, or not
+  the metrics of a run) is treated like a damaged checkpoint: renamed aside to
+  `metrics.json.corrupt` with a warning, and the run goes on (`train.py` rebuilds its
+  evaluations from the TensorBoard summaries).
 * `remove_orphans`: the temporary files and folders an interrupted save leaves behind.
 """
 
@@ -24,6 +28,7 @@ import os
 import pathlib
 import shutil
 import socket
+from collections.abc import Callable
 from typing import Any
 
 try:  # POSIX
@@ -35,10 +40,12 @@ except ImportError:  # Windows: msvcrt's byte-range lock, also dropped when its 
 __all__ = [
     "CONFIG_NAME",
     "LOCK_NAME",
+    "METRICS_NAME",
     "OutDirInUse",
     "OutDirLock",
     "config_differences",
     "load_config",
+    "load_metrics",
     "remove_orphans",
     "save_config",
     "write_json_atomically",
@@ -46,6 +53,8 @@ __all__ = [
 
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.json"
+CORRUPT_SUFFIX = ".corrupt"  # metrics.json.corrupt: a damaged metrics.json, kept aside
 # Suffixes of the files that `write_json_atomically` writes before renaming them.
 _TMP_SUFFIX = ".tmp"
 
@@ -79,9 +88,9 @@ class OutDirLock:
     """The exclusive lock of an out_dir, for the lifetime of a run.
 
     `acquire()` raises `OutDirInUse` (naming the owner's PID and host) when another live
-    process holds it. The lock file stays in place after `release()`, emptied: deleting
-    it would let a process that opened it just before the deletion lock a file no other
-    process can see any more.
+    process holds it. `release()` removes the lock file: a run that ends, however it
+    ends short of being killed, leaves no `.lock` behind (a killed one leaves a stale
+    one, which the next run takes over).
     """
 
     def __init__(self, out_dir: pathlib.Path | str):
@@ -103,10 +112,19 @@ class OutDirLock:
     def acquire(self) -> OutDirLock:
         if self.held:
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd):
+                os.close(fd)
+                raise OutDirInUse(self._in_use_message())
+            if self._is_current(fd):
+                break
+            # The file was removed by its owner's release between our open and our lock:
+            # this lock is on a file nobody else can see. Lock the one at the path instead.
+            _unlock(fd)
             os.close(fd)
-            raise OutDirInUse(self._in_use_message())
+        else:
+            raise OutDirInUse("keeps changing hands (its lock file is replaced in a loop)")
         previous = os.read(fd, 4096).decode(errors="replace").strip()
         if previous:  # its owner died without releasing it (killed, out of memory, ...)
             self.stale_owner = previous
@@ -122,12 +140,33 @@ class OutDirLock:
         self._fd = fd
         return self
 
+    def _is_current(self, fd: int) -> bool:
+        """Whether the open file `fd` is still the one at `path` (not removed or replaced)."""
+        if fcntl is None:
+            return True  # Windows: an open file cannot be removed
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (mine.st_dev, mine.st_ino) == (at_path.st_dev, at_path.st_ino)
+
     def release(self) -> None:
+        """Removes the lock file (while still holding the lock) and unlocks it.
+
+        A process that opened the file just before the removal and locks it after finds
+        it no longer at the path (`_is_current`) and locks the path's new file instead,
+        so two processes never both hold the out_dir. On Windows, where an open file
+        cannot be removed, the file stays, emptied.
+        """
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
         with contextlib.suppress(OSError):
             _unlock(fd)
         os.close(fd)
@@ -161,10 +200,73 @@ class OutDirLock:
 
 # ----------------------------------------------------------------------- configuration
 def write_json_atomically(path: pathlib.Path, payload: dict) -> None:
-    """Writes `payload` to `path` via a temporary file and a rename: never half written."""
+    """Writes `payload` to `path` via a temporary file and a rename: never half written.
+
+    If the write fails (a full disk: OSError with errno ENOSPC), the temporary file is
+    removed and `path` keeps its previous content; the OSError propagates.
+    """
     tmp = path.with_name(path.name + _TMP_SUFFIX)
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _metrics_problem(metrics: Any) -> str | None:
+    """Why `metrics` (parsed metrics.json) is not the metrics of a run (None if it is)."""
+    if not isinstance(metrics, dict):
+        return f"a JSON {type(metrics).__name__}, not an object"
+    evaluations = metrics.get("evaluations", [])
+    if not isinstance(evaluations, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("step"), int) for e in evaluations
+    ):
+        return "its 'evaluations' are not a list of objects with an integer 'step'"
+    if not isinstance(metrics.get("train", {}), dict):
+        return "its 'train' is not an object"
+    return None
+
+
+def quarantine(path: pathlib.Path) -> pathlib.Path:
+    """Renames the damaged file `path` to `<path>.corrupt` (or `.corrupt.N`, keeping what
+    an earlier damage left there); returns the new path."""
+    destination = path.with_name(path.name + CORRUPT_SUFFIX)
+    suffix = 1
+    while destination.exists():
+        destination = path.with_name(f"{path.name}{CORRUPT_SUFFIX}.{suffix}")
+        suffix += 1
+    os.replace(path, destination)
+    return destination
+
+
+def load_metrics(out_dir: pathlib.Path, warn: Callable[[str], None]) -> tuple[dict, bool]:
+    """`<out_dir>/metrics.json` and whether it was damaged: ({}, False) if it is absent.
+
+    A damaged one -- not UTF-8 or not JSON (truncated, overwritten), or not the metrics
+    of a run -- is renamed aside (`quarantine`) with a warning through `warn`, and
+    ({}, True) returned: like a damaged checkpoint, it never stops a resume, and its
+    bytes are kept for inspection.
+    """
+    path = pathlib.Path(out_dir) / METRICS_NAME
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return {}, False
+    try:
+        metrics = json.loads(text.decode("utf-8"))
+        problem = _metrics_problem(metrics)
+    except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        problem = f"{type(error).__name__}: {error}"
+    if problem is None:
+        return metrics, False
+    moved = quarantine(path)
+    warn(
+        f"{path} is damaged ({problem}); moved it to {moved.name}. The run goes on from its "
+        "checkpoints, its earlier evaluations rebuilt from the TensorBoard summaries."
+    )
+    return {}, True
 
 
 def load_config(out_dir: pathlib.Path) -> dict | None:

@@ -19,6 +19,12 @@ chief:
 * Temporary files of an interrupted save are removed, and the newest intact checkpoint
   is restored (`checkpoints.select_checkpoint`).
 
+A damaged `<out_dir>/metrics.json` is renamed aside with a warning
+(`rundir.load_metrics`) and its evaluations are rebuilt from the TensorBoard summaries;
+a write into out_dir that fails (a full disk) stops the run with a `RunError` naming
+out_dir, and what a failed checkpoint save left is removed, so the previous checkpoint
+stays the latest.
+
 Training stops (`RunError`) at the first step whose loss or gradients are not finite
 (the step returned by `mco.make_train_step` skips its update) or whose bound diverges,
 naming the step and suggesting a lower learning rate; no checkpoint is ever written
@@ -36,7 +42,7 @@ out_dir must be on a filesystem all workers share to resume a multi-worker run.
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import math
 import pathlib
 import shutil
@@ -53,6 +59,7 @@ import mcobjectives as mco
 from mcobjectives.experimental import mnist
 
 import checkpoints
+import checks
 import distribute
 import rundir
 from checks import Cluster, flag_problems, size_problems
@@ -228,10 +235,15 @@ def _train(
         )
     manager = tf.train.CheckpointManager(checkpoint, write_dir / "checkpoints", max_to_keep=2)
     if is_chief and (not restore or not (out_dir / rundir.CONFIG_NAME).exists()):
-        rundir.save_config(out_dir, {**checkpoints.run_config(config), "data": data.source})
+        try:
+            rundir.save_config(out_dir, {**checkpoints.run_config(config), "data": data.source})
+        except OSError as error:
+            raise _write_error(out_dir, rundir.CONFIG_NAME, error, start_step) from None
 
-    metrics_path = out_dir / "metrics.json"
-    previous = json.loads(metrics_path.read_text()) if is_chief and metrics_path.exists() else {}
+    metrics_path = out_dir / rundir.METRICS_NAME
+    previous, damaged = rundir.load_metrics(out_dir, console.warn) if is_chief else ({}, False)
+    if damaged:  # its evaluations are also in the TensorBoard summaries
+        previous = {"evaluations": _summarized_evaluations(out_dir, start_step, schedule)}
     metrics = {
         "task": config.task,
         "architecture": config.model_architecture,
@@ -295,7 +307,13 @@ def _train(
                 f"training stopped at step {step}: some variables are not finite, so no "
                 f"checkpoint was written. {_lower_rate_advice(config)}"
             )
-        manager.save(checkpoint_number=step)
+        try:
+            manager.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as error:  # a full disk, a lost mount...
+            _remove_partial_checkpoint(write_dir / "checkpoints", step)
+            size = sum(np.asarray(v.numpy()).nbytes for v in checked_variables)
+            what = f"checkpoint ckpt-{step}"
+            raise _write_error(out_dir, what, error, last_saved, size) from None
 
     step, values, last_saved = start_step, {}, start_step
     tick, tick_step, wall_start = time.perf_counter(), start_step, time.perf_counter()
@@ -336,7 +354,10 @@ def _train(
                 "steps_per_second": round((step - start_step) / training_seconds, 3),
                 "wall_seconds": round(previous_seconds + tick - wall_start, 3),
             }
-            rundir.write_json_atomically(metrics_path, metrics)
+            try:
+                rundir.write_json_atomically(metrics_path, metrics)
+            except OSError as error:
+                raise _write_error(out_dir, rundir.METRICS_NAME, error, last_saved) from None
         if step % config.checkpoint_every == 0 or step in eval_steps:
             # Saved after the evaluation: a run killed during one resumes from an earlier
             # step, drops the unfinished step's metrics and evaluates it again.
@@ -346,6 +367,90 @@ def _train(
     if step == start_step:
         console.print(f"Nothing to do: the run already reached step {step}.")
     return metrics
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(getattr(error, "message", None) or error).lower()
+    return "no space left" in text or "quota exceeded" in text
+
+
+def _write_error(
+    out_dir: pathlib.Path, what: str, error: BaseException, last_saved: int, size: int = 0
+) -> RunError:
+    """The RunError of a write into out_dir that failed: a full disk is named as such."""
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    detail = f"{type(error).__name__}: {message.strip().splitlines()[0][:300]}"
+    kept = (
+        f"The latest checkpoint is still step {last_saved}, intact"
+        if last_saved
+        else "No checkpoint was written yet"
+    )
+    needs = f" (a checkpoint of this run takes about {checks.format_bytes(size)})" if size else ""
+    if _is_disk_full(error):
+        return RunError(
+            f"the disk of --out_dir={out_dir} is full: writing {what} failed ({detail}). "
+            f"{kept}. Free some space there{needs}, or choose an --out_dir on another disk "
+            "for a new run, and rerun the same command to resume."
+        )
+    return RunError(
+        f"writing {what} in --out_dir={out_dir} failed ({detail}). {kept}. Check that the "
+        "folder is writable and its disk has space, and rerun the same command to resume."
+    )
+
+
+def _remove_partial_checkpoint(directory: pathlib.Path, step: int) -> None:
+    """Removes what a failed save of ckpt-`step` wrote, so the previous one stays the latest."""
+    for path in [*directory.glob(f"ckpt-{step}.*"), *directory.glob(f"ckpt-{step}_temp*")]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+# The scalars of an evaluation under test/ in TensorBoard (`_summarize_evaluation`).
+_SUMMARIZED = ("iwae64", "log_px", "neg_kl", "ess_fraction", "active_units")
+
+
+def _summarized_evaluations(out_dir: pathlib.Path, up_to: int, schedule: Schedule) -> list[dict]:
+    """The evaluations of steps <= `up_to` as the TensorBoard summaries hold them: what a
+    damaged metrics.json is rebuilt from. Each is marked "rebuilt_from": "tensorboard",
+    and lacks what the summaries do not hold (its seconds, test images and K)."""
+    scalars: dict[int, dict[str, float]] = {}
+    for path in sorted((out_dir / "tensorboard").glob("events.out.tfevents.*")):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    if value.tag.startswith("test/"):
+                        tag = value.tag.removeprefix("test/")
+                        scalars.setdefault(event.step, {})[tag] = float(
+                            tf.make_ndarray(value.tensor)
+                        )
+        except tf.errors.OpError:  # a truncated events file: keep what was read
+            continue
+    evaluations = []
+    for step in sorted(s for s in scalars if s <= up_to):
+        tags = scalars[step]
+        if not all(tag in tags for tag in _SUMMARIZED):
+            continue
+        per_latent = {
+            tag.removeprefix("active_units/"): int(value)
+            for tag, value in tags.items()
+            if tag.startswith("active_units/")
+        }
+        evaluations.append(
+            {
+                "step": step,
+                "epoch": round(step / schedule.steps_per_epoch, 4),
+                **{tag: tags[tag] for tag in _SUMMARIZED[:-1]},
+                "active_units": int(tags["active_units"]),
+                "active_units_per_latent": per_latent or {"z": int(tags["active_units"])},
+                "rebuilt_from": "tensorboard",
+            }
+        )
+    return evaluations
 
 
 def _summarize_evaluation(writer, step: int, result: dict) -> None:

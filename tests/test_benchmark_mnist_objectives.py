@@ -23,7 +23,7 @@ TINY = (
     "--seeds=2",
     "--steps=3",
     "--eval_size=10",
-    "--eval_num_samples=20",
+    "--eval_num_samples=64",
     "--nodownload",
 )
 KEYS = {"objective", "seed", "steps", "iwae64", "log_px", "neg_kl", "ess_fraction", "active_units"}
@@ -60,7 +60,7 @@ def test_every_objective_and_seed_gets_a_record_with_the_papers_metrics(run):
     ]  # fmt: skip
     for record in runs:
         assert KEYS <= set(record) and record["steps"] == 3
-        assert record["log_px"] >= record["iwae64"] - 5  # K = 20 vs 64: close, both bounds
+        assert record["log_px"] >= record["iwae64"] - 5  # K = 64 for both: equal in expectation
         np.testing.assert_allclose(record["neg_kl"], record["iwae64"] - record["log_px"], atol=1e-3)
         assert 0 < record["ess_fraction"] <= 1 and 0 <= record["active_units"] <= 50
     assert results["config"]["dataset"] == "mnist-bundled-subset"

@@ -41,8 +41,8 @@ BASE = (
     "--max_steps=2",
     "--batch_size=10",
     "--eval_size=10",
-    "--eval_num_samples=8",
-    "--eval_chunk_size=4",
+    "--eval_num_samples=64",
+    "--eval_chunk_size=32",
     "--log_every=1",
     "--checkpoint_every=1",
 )
@@ -52,7 +52,7 @@ TINY = (
     "--train_size=100",
     "--batch_size=10",
     "--eval_size=10",
-    "--eval_num_samples=8",
+    "--eval_num_samples=64",
     "--log_every=1",
     "--checkpoint_every=5",
 )
@@ -537,7 +537,7 @@ def test_damaged_checkpoint_falls_back_and_orphans_are_removed(trained, tmp_path
     (out_dir / rundir.LOCK_NAME).write_text(json.dumps(dead))
 
     run = Run(
-        (*TINY, "--max_steps=15", "--log_every=5", "--eval_num_samples=4"),
+        (*TINY, "--max_steps=15", "--log_every=5", "--eval_num_samples=100"),
         out_dir,
         _offline_env(tmp_path),
         label="resumed",
@@ -561,4 +561,4 @@ def test_damaged_checkpoint_falls_back_and_orphans_are_removed(trained, tmp_path
     metrics = json.loads((out_dir / "metrics.json").read_text())
     # Step 10's evaluation came after the checkpoint resumed from: it was done again.
     assert [e["step"] for e in metrics["evaluations"]] == [10, 15]
-    assert metrics["evaluations"][-1]["log_px_num_samples"] == 4
+    assert metrics["evaluations"][-1]["log_px_num_samples"] == 100

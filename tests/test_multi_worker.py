@@ -48,7 +48,7 @@ FLAGS = (
     "--train_size=200",
     "--batch_size=20",
     "--eval_size=20",
-    "--eval_num_samples=16",
+    "--eval_num_samples=64",
     "--log_every=1",
     "--checkpoint_every=5",
 )

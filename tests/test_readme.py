@@ -141,7 +141,7 @@ def test_readme_discrete_example_trains_with_vimco():
 
 def test_readme_experimental_mnist_example_runs(tmp_path):
     """The `mcobjectives.experimental.mnist` block trains and evaluates, as pasted but for
-    its sizes (30 steps, 20 test images, K = 50) and its data (the bundled subset)."""
+    its sizes (30 steps, 20 test images, K = 64) and its data (the bundled subset)."""
     original = _block("from mcobjectives.experimental import mnist")
     empty = tmp_path / "no_tfds"
     empty.mkdir()
@@ -152,17 +152,17 @@ def test_readme_experimental_mnist_example_runs(tmp_path):
         )
         .replace("num_steps=3000", "num_steps=30")
         .replace("data.test[:1000]", "data.test[:20]")
-        .replace("num_samples=5000", "num_samples=50")
+        .replace("num_samples=5000", "num_samples=64")
         .replace("print(", "result = (")
     )
-    for size in ("num_steps=30", "test[:20]", "num_samples=50", "download=False", "result = ("):
+    for size in ("num_steps=30", "test[:20]", "num_samples=64", "download=False", "result = ("):
         assert block.count(size) == 1, size
     namespace: dict = {}
     exec(compile(block, str(README), "exec"), namespace)
     model, result = namespace["model"], namespace["result"]
     assert namespace["data"].source == "mnist-bundled-subset"
     assert int(model.optimizer.iterations) == 30
-    assert result["num_test_images"] == 20 and result["log_px_num_samples"] == 50
+    assert result["num_test_images"] == 20 and result["log_px_num_samples"] == 64
     for key in ("iwae64", "log_px", "neg_kl", "ess_fraction"):
         assert np.isfinite(result[key]), (key, result)
     assert -400 < result["iwae64"] < -50 and 0 < result["ess_fraction"] <= 1, result

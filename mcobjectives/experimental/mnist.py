@@ -33,6 +33,7 @@ which is why `import mcobjectives` does not import it.
 from __future__ import annotations
 
 import pathlib
+import re
 import socket
 import threading
 import time
@@ -53,6 +54,7 @@ tfd = tfp.distributions
 
 __all__ = [
     "ARCHITECTURES",
+    "BOUND_SAMPLES",
     "BUNDLED_PATH",
     "BUNDLED_SOURCE",
     "DATASETS",
@@ -87,6 +89,9 @@ NUM_PIXELS = 784
 MEAN_SAMPLES = 32
 # The seed of the test set's one binarization, the same for every run.
 TEST_BINARIZATION_SEED = (0, 0x7E57)
+# K of the evaluation's bound, IWAE-64 (Burda et al.), and so the fewest samples of the
+# log p^(x) that -KL(Q||P) = IWAE-64 - log p^(x) compares it with (see `make_evaluator`).
+BOUND_SAMPLES = 64
 
 # TFDS downloads MNIST (and its prepared datasets, tried first) from Google Cloud Storage.
 _DOWNLOAD_HOST = "storage.googleapis.com"
@@ -169,6 +174,15 @@ def _load_prepared(builder: tfds.core.DatasetBuilder, dataset: str) -> MnistData
     )
 
 
+def _first_line(error: BaseException) -> str:
+    """`TypeName: the first line of its message` (at most 300 characters)."""
+    message = getattr(error, "message", None) or str(error) or ""
+    # TensorFlow's op errors wrap the cause in the names of the function and the op.
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\].*", "", message)
+    lines = message.strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+
+
 def _load_bundled(dataset: str, reason: str, log: Callable[[str], None]) -> MnistData:
     """The bundled subset as grey levels in [0, 1], announced with a banner through `log`."""
     if not BUNDLED_PATH.is_file():
@@ -228,7 +242,9 @@ def load_mnist(
     Returns:
         An `MnistData` of float32 [N, 784] images in [0, 1]. From TFDS: `source` is `dataset` and
         `binarized` is True for "binarized_mnist". When TFDS cannot provide the data (not
-        prepared and `download` False, host unreachable, or download failed): the bundled subset
+        prepared and `download` False, host unreachable, download failed, or prepared files
+        that cannot be read -- truncated or corrupted records, garbage metadata -- which are
+        treated as absent, not re-downloaded over): the bundled subset
         of real MNIST (5000 train / 1000 test, `BUNDLED_PATH`) as grey levels, with `source`
         "mnist-bundled-subset" and `binarized` False, whichever `dataset` was asked for.
 
@@ -240,9 +256,23 @@ def load_mnist(
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     tfds = _import_tfds()
-    builder = tfds.builder(dataset, data_dir=data_dir)
-    if builder.is_prepared():
-        return _load_prepared(builder, dataset)
+    builder = None
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+        if builder.is_prepared():
+            return _load_prepared(builder, dataset)
+    except Exception as error:  # a damaged folder (truncated records, garbage metadata...)
+        # The dataset's own folder (never the whole data_dir: it may hold other datasets).
+        where = (
+            builder.data_dir
+            if builder is not None
+            else str(pathlib.Path(data_dir or "$TFDS_DATA_DIR") / dataset)
+        )
+        reason = (
+            f"its prepared files in {where} cannot be read ({_first_line(error)}); delete "
+            "that folder and run once online to prepare it again"
+        )
+        return _load_bundled(dataset, reason, log)
     where = f"data_dir {builder.data_dir_root}"
     if not download:
         return _load_bundled(dataset, f"not prepared in {where} and download=False", log)
@@ -546,7 +576,31 @@ def make_evaluator(
 
     Call it at every evaluation of a training run: the batches' graph is traced at the
     first call only (and again for a batch of another size).
+
+    `num_samples` (K of log p^(x)) is at least `BOUND_SAMPLES` (64), or None. The
+    estimate log p^(x) is itself the IWAE bound of K samples, whose expectation rises
+    with K to log p(x) (Burda et al., Theorem 1): with K >= 64, -KL = IWAE-64 -
+    log p^(x) is <= 0 in expectation (0 at K = 64, and towards the true -KL as K
+    grows; the paper's K = 5000), so <= 0 up to Monte Carlo error, as a -KL must be;
+    with K < 64, log p^(x) is a looser bound than the IWAE-64 it is measured against,
+    and their difference is positive by construction (with K = 8, by a few nats), not
+    a -KL. Such a K is refused rather than reported as one.
+
+    Raises:
+      ValueError: naming `num_samples`, if it is below `BOUND_SAMPLES`; TypeError if it
+        is not an integer.
     """
+    if num_samples is not None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
+            raise TypeError(f"num_samples must be an integer or None, got {num_samples!r}")
+        if num_samples < BOUND_SAMPLES:
+            raise ValueError(
+                f"num_samples={num_samples}: log p^(x) needs at least {BOUND_SAMPLES} "
+                f"samples, the K of the IWAE-{BOUND_SAMPLES} bound that -KL = "
+                f"IWAE-{BOUND_SAMPLES} - log p^(x) compares it with (with fewer, log p^(x) "
+                "is the looser bound and -KL comes out positive); e.g. num_samples=5000, "
+                "or None to leave log p^(x) and -KL out."
+            )
     eval_seed = tf.constant([seed, 0xE7A1], tf.int32)
 
     @tf.function
@@ -555,7 +609,7 @@ def make_evaluator(
         q = model.posterior(x, context)
         log_joint = model.log_joint(x, context)
         bound_seed, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        z = mco.sampling.sample(q, 64, bound_seed)
+        z = mco.sampling.sample(q, BOUND_SAMPLES, bound_seed)
         log_weights = log_joint(z) - q.log_prob(z)
         outputs = {
             "iwae64": mco.log_mean_exp(log_weights),
@@ -624,7 +678,9 @@ def evaluate(
     samples), "neg_kl" = iwae64 - log_px, "ess_fraction" (the mean ESS of 64 samples
     over 64), "active_units" (Cov_x(E_q[z_i]) > 1e-2, summed over the latent leaves, and
     by leaf in "active_units_per_latent"), "num_test_images" and "seconds".
-    `num_samples=None` leaves log p^(x) and -KL out, for a quick look at the bound.
+    `num_samples=None` leaves log p^(x) and -KL out, for a quick look at the bound;
+    otherwise it is at least `BOUND_SAMPLES` (64), the K of the bound -KL compares
+    log p^(x) with (see `make_evaluator`).
 
     Works for any q the model's encoder returns, structured or discrete: the IWAE-64
     bound and its ESS come from 64 draws of `mco.sampling.sample` (the value of
