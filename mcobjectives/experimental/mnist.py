@@ -46,6 +46,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import mcobjectives as mco
+from mcobjectives import _checks
 
 if TYPE_CHECKING:
     import tensorflow_datasets as tfds
@@ -607,7 +608,8 @@ def make_evaluator(
     def evaluate_batch(batch, seed):
         x, context = batch["x"], batch.get("context")
         q = model.posterior(x, context)
-        log_joint = model.log_joint(x, context)
+        # Bound to q as an objective binds it: shapes checked, a joint prior paired by name.
+        log_joint = _checks.bind_log_joint(model.log_joint(x, context), q)
         bound_seed, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         z = mco.sampling.sample(q, BOUND_SAMPLES, bound_seed)
         log_weights = log_joint(z) - q.log_prob(z)
