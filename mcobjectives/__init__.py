@@ -5,7 +5,7 @@ loss whose value is the negative bound and whose gradients are the objective's
 estimators for the model and inference networks.
 """
 
-from mcobjectives import diagnostics, limits, networks, sampling, weights
+from mcobjectives import diagnostics, limits, networks, sampling, saving, weights
 from mcobjectives.autoencoder import ImportanceWeightedAutoencoder, make_train_step
 from mcobjectives.base import (
     Coefficients,
@@ -22,6 +22,7 @@ from mcobjectives.jvi import JVI
 from mcobjectives.model import make_log_joint
 from mcobjectives.registry import make_objective, objective_names
 from mcobjectives.rws import RWS
+from mcobjectives.saving import load_model
 from mcobjectives.vimco import VIMCO
 from mcobjectives.vriwae import VRIWAE
 from mcobjectives.weights import (
@@ -57,6 +58,7 @@ __all__ = [
     "effective_sample_size",
     "leave_one_out_logsumexp",
     "limits",
+    "load_model",
     "log_marginal_estimate",
     "log_mean_exp",
     "make_log_joint",
@@ -66,5 +68,6 @@ __all__ = [
     "normalized_weights",
     "objective_names",
     "sampling",
+    "saving",
     "weights",
 ]

@@ -38,15 +38,17 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from mcobjectives import _checks, _serialization, sampling
+from mcobjectives import _checks, _serialization, _structures, sampling, saving
 from mcobjectives.base import MCObjective, ObjectiveResult
 from mcobjectives.evaluation import _estimate_seed, log_marginal_estimate
 
@@ -150,6 +152,35 @@ def _variable_key(v) -> int:
     return id(v)
 
 
+def _static_shape(t) -> tf.TensorShape | None:
+    """The static shape of a tensor, array, spec or KerasTensor; None if it has none."""
+    shape = getattr(t, "shape", None)
+    if shape is None:
+        if not isinstance(t, (list, tuple, int, float)):
+            return None
+        shape = np.shape(t)
+    try:
+        return tf.TensorShape(shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_features(name: str, shape: tf.TensorShape | None, expected) -> None:
+    """Raises naming `name` if a batch's shape [B, ...] is not that of the built model."""
+    if shape is None or shape.rank is None or expected is None:
+        return
+    features = tf.TensorShape(expected[0])
+    if shape.rank >= 1 and shape[1:].is_compatible_with(features):
+        return
+    wanted = tuple([None, *features.as_list()]) if features.rank is not None else "[B, ...]"
+    raise ValueError(
+        f"`{name}` has shape {tuple(shape.as_list())} but the model was built (or trained) on "
+        f"{name} of shape {wanted}: each data point must have the shape "
+        f"{tuple(features.as_list())} the model's networks were built for. Give data of "
+        f"that shape (e.g. flattened as in training), or build a new model for these data."
+    )
+
+
 @keras.saving.register_keras_serializable(package="mcobjectives")
 class ImportanceWeightedAutoencoder(keras.Model):
     """A variational autoencoder whose training objective is any `MCObjective`.
@@ -207,6 +238,22 @@ class ImportanceWeightedAutoencoder(keras.Model):
     would have drawn. `save_weights` holds the model's weights only (beta and the
     skipped-step counters included), as in Keras: a run resumed from it restarts the
     optimizer and its step counter.
+
+    Damaged files. `mcobjectives.saving.load_model(path)` loads a `.keras` file after
+    checking it (a complete zip archive, its members' CRCs, `config.json` of this
+    class, readable HDF5 weights without NaN) and raises `saving.ModelFileError`
+    naming the file and the likely cause; `keras.models.load_model` opens the file
+    before this class can check it, so its errors for an unreadable archive stay
+    Keras's. `load_weights` checks the file as well and compares its variables with
+    the model's before assigning any: weights of another objective (a learnable
+    CIWAE's `beta_logit`) or another network are refused naming the variables, and the
+    model keeps its weights. Both loaders (and `keras.models.load_model`, through
+    `load_own_variables`) refuse a non-finite objective variable, naming it.
+
+    Shapes. A batch's context must have x's batch size, and once the model is built
+    its data must have the shape per data point it was built on (`check_batch_shapes`);
+    `fit`, `evaluate`, `predict`, `log_marginal` and the step of `make_train_step`
+    check the static shapes before anything is traced.
 
     Args:
       encoder: a Keras layer mapping x (or x, context) to q(z|x), a TFP distribution
@@ -344,6 +391,14 @@ class ImportanceWeightedAutoencoder(keras.Model):
         The decoder and a prior layer receive z flattened to leaves [S*B, *event] (and
         the context tiled to [S*B, ...]); a fixed prior's `log_prob` receives z whole.
         `training` reaches their layers.
+
+        Handed to an objective (or `log_marginal_estimate`), the function is first bound
+        to q (before anything is traced): x's batch size must be q's, a fixed prior's
+        batch shape [] or [B] (a prior layer called as prior(): []), and a joint prior's
+        parts are paired with q's by name as in `mcobjectives.make_log_joint` (a prior
+        of the context, when it is called), each with q's event shape. The decoder must
+        return a distribution of batch shape [S*B] with x's event shape x.shape[1:].
+        Each is refused otherwise, naming the piece and both shapes.
         """
         self._check_prior_context(context)
         fixed_prior = self.prior if isinstance(self.prior, tfd.Distribution) else None
@@ -351,30 +406,82 @@ class ImportanceWeightedAutoencoder(keras.Model):
         shared_prior = (
             _call(self.prior, (), training) if fixed_prior is None and context is None else None
         )
+        if shared_prior is not None and not isinstance(shared_prior, tfd.Distribution):
+            raise TypeError(
+                "`prior` (a layer called as prior()) must return p(z), a "
+                f"tfp.distributions.Distribution, but returned {type(shared_prior).__name__}."
+            )
+        # Checked against q, and a joint prior paired with q by name, when an objective
+        # binds this log joint to q (before anything is traced); a conditional prior
+        # layer's distribution is only known when called, and is paired then.
+        known_prior = fixed_prior if fixed_prior is not None else shared_prior
 
-        def log_joint(z):
+        def bind(q):
+            _structures.check_observations(x, q, "x")
+            if known_prior is None:
+                return (q, None)
+            allowed = "[] or [B]" if fixed_prior is not None else "[]"
+            _structures.check_prior_batch(known_prior, q, "prior", allowed)
+            return (q, _structures.pair_prior(q, known_prior, "prior"))
+
+        def log_joint(z, binding):
+            q, pair = (None, None) if binding is None else binding
+            static = _structures._leading(tf.nest.flatten(z)[0])[:2]  # [S, B]
+            known = static.rank == 2 and None not in static.as_list()
+            flat_size = static[0] * static[1] if known else None
             leading = tf.shape(tf.nest.flatten(z)[0])[:2]
             flat_z = tf.nest.map_structure(_flatten_samples, z)
             flat_context = None if context is None else _tile_batch(context, leading[0])
             inputs = (flat_z,) if context is None else (flat_z, flat_context)
             likelihood = _call(self.decoder, inputs, training)
-            log_px = self._unflatten(likelihood.log_prob(_tile_batch(x, leading[0])), leading)
+            _structures.check_likelihood(
+                likelihood,
+                x,
+                "decoder",
+                tf.TensorShape([flat_size]),
+                "[S*B]: the decoder is called on flat latents, one row per sample and data point",
+                "tfd.Independent(tfd.Bernoulli(logits=logits), reinterpreted_batch_ndims=1)",
+            )
+            log_px = self._unflatten(
+                likelihood.log_prob(_tile_batch(x, leading[0])), leading, "decoder"
+            )
             if fixed_prior is not None:
-                return fixed_prior.log_prob(z) + log_px
+                log_pz = fixed_prior.log_prob(z if pair is None else pair(z))
+                _structures.check_log_prob_shape(log_pz, static, "prior", "log_prob(z)")
+                return log_pz + log_px
             prior = shared_prior
             if prior is None:
                 prior = _call(self.prior, (flat_context,), training)
-            return self._unflatten(prior.log_prob(flat_z), leading) + log_px
+                if not isinstance(prior, tfd.Distribution):
+                    raise TypeError(
+                        "`prior` (a layer of the context) must return p(z|c), a "
+                        f"tfp.distributions.Distribution, but returned {type(prior).__name__}."
+                    )
+                if q is not None:
+                    pair = _structures.pair_prior(q, prior, "prior")
+                _structures.check_batch_shape(
+                    prior,
+                    tf.TensorShape([flat_size]),
+                    "prior",
+                    "[S*B]: a prior layer of the context is called on the context tiled to "
+                    "[S*B, ...], one row per sample and data point",
+                )
+            log_pz = prior.log_prob(flat_z if pair is None else pair(flat_z))
+            return self._unflatten(log_pz, leading, "prior") + log_px
 
-        return log_joint
+        return _structures.BindableLogJoint(log_joint, bind, name="model.log_joint")
 
     @staticmethod
-    def _unflatten(log_prob: tf.Tensor, leading: tf.Tensor) -> tf.Tensor:
+    def _unflatten(
+        log_prob: tf.Tensor, leading: tf.Tensor, piece: str = "decoder and prior layers"
+    ) -> tf.Tensor:
+        """A log-probability of flat latents, [S*B], reshaped to [S, B] (`leading`)."""
         if log_prob.shape.rank not in (None, 1):
+            what = {"decoder": "x's", "prior": "z's"}.get(piece, "x's (or z's)")
             raise ValueError(
-                "The decoder and prior layers are called on flat batches of latents "
-                f"[S*B, ...] and their log_prob must be [S*B]; got shape {log_prob.shape}. "
-                "Give the distribution x's (or z's) shape as its event shape (e.g. "
+                f"The {piece} (`{piece}`) is called on flat batches of latents [S*B, ...] "
+                f"and its log_prob must be [S*B]; got shape {log_prob.shape}. Give the "
+                f"distribution {what} shape as its event shape (e.g. "
                 "tfd.Independent(..., reinterpreted_batch_ndims=...))."
             )
         return tf.reshape(log_prob, leading)
@@ -389,6 +496,7 @@ class ImportanceWeightedAutoencoder(keras.Model):
           training: passed to the networks' layers (True in `train_step`).
         """
         x, context, _ = _unpack(data)
+        x = self._checked_batch(x, context)
         if seed is None:
             seed = self._seed_for(data)
         if _takes_training(self.log_joint):
@@ -399,6 +507,83 @@ class ImportanceWeightedAutoencoder(keras.Model):
         result = self.objective(q, log_joint, seed=seed)
         self._remember_batch(x, context)
         return result
+
+    def check_batch_shapes(self, x, context=None) -> None:
+        """Raises a ValueError if the static shapes of a batch do not fit together or the model.
+
+        `context` must hold one row per data point of `x` (the same batch size), and once
+        the model is built (by a first batch, `build` or a loaded file) each data point
+        must have the shape it was built on: `x.shape[1:]` (and `context.shape[1:]`) as
+        recorded then. Unknown dimensions (None) pass here; a batch size known only at
+        run time is checked by an assertion in the traced step (which XLA compiles away).
+        `x` and `context` may be tensors, arrays, `tf.TensorSpec`s or `KerasTensor`s.
+        """
+        x_shape = _static_shape(x)
+        context_shape = None if context is None else _static_shape(context)
+        if x_shape is not None and x_shape.rank == 0:
+            raise ValueError(
+                f"`x` must be a batch [B, ...] of data points, got a scalar of shape {x_shape}."
+            )
+        if (
+            x_shape is not None
+            and context_shape is not None
+            and x_shape.rank
+            and context_shape.rank
+            and x_shape[0] is not None
+            and context_shape[0] is not None
+            and x_shape[0] != context_shape[0]
+        ):
+            raise ValueError(
+                f"`context` has batch size {context_shape[0]} but `x` has batch size "
+                f"{x_shape[0]}: a batch's context holds one row per data point (context[b] "
+                "conditions x[b]). Give context and x the same first dimension, e.g. batch "
+                "them together as one dataset of {'x': ..., 'context': ...}."
+            )
+        if self._batch_spec is None:
+            return
+        expected_x, expected_context = self._batch_spec
+        _check_features("x", x_shape, expected_x)
+        if context is not None and expected_context is not None:
+            _check_features("context", context_shape, expected_context)
+
+    def _checked_batch(self, x, context):
+        """x, after `check_batch_shapes`; with a run-time check where a batch size is unknown."""
+        self.check_batch_shapes(x, context)
+        if context is None or tf.executing_eagerly() or _in_symbolic_build():
+            return x
+        x_shape, context_shape = _static_shape(x), _static_shape(context)
+        if x_shape is None or context_shape is None or not x_shape.rank or not context_shape.rank:
+            return x
+        if x_shape[0] is not None and context_shape[0] is not None:
+            return x  # equal: checked above
+        x = tf.convert_to_tensor(x)
+        context = tf.convert_to_tensor(context)
+        same = tf.debugging.assert_equal(
+            tf.shape(x)[0],
+            tf.shape(context)[0],
+            message="`context` must have the batch size of `x` (one row per data point)",
+        )
+        with tf.control_dependencies([same]):
+            return tf.identity(x)
+
+    def _check_input_data(self, data) -> None:
+        """`check_batch_shapes` on what `fit`, `evaluate` or `predict` got, before Keras reads it.
+
+        A `tf.data.Dataset` is checked by its element spec, arrays and tensors (or a dict
+        of them) by their shapes; anything else (a generator, a `PyDataset`) by the
+        traced step.
+        """
+        if data is None:
+            return
+        if isinstance(data, tf.data.Dataset):
+            data = data.element_spec
+        elif not isinstance(data, (Mapping, np.ndarray, tf.Tensor, tf.TensorSpec)):
+            return
+        try:
+            x, context, _ = _unpack(data)
+        except ValueError:
+            return  # the step itself names the batch's structure
+        self.check_batch_shapes(x, context)
 
     def _remember_batch(self, x, context) -> None:
         """Records the batch's shapes (for `build_from_config`); the model is built."""
@@ -445,6 +630,7 @@ class ImportanceWeightedAutoencoder(keras.Model):
         position there): identical examples draw identical samples.
         """
         x, context, _ = _unpack(data)
+        x = self._checked_batch(x, context)  # the hash reads x and context side by side
         seed = self.step_seed(_EVALUATION_STREAM)
         return _content_seeds(seed, [x] if context is None else [x, context])
 
@@ -540,6 +726,8 @@ class ImportanceWeightedAutoencoder(keras.Model):
     # ------------------------------------------------------------ Keras hooks
     def call(self, inputs, training: bool = False) -> tf.Tensor:
         """The objective's bound per data point, [B], with the evaluation seeds."""
+        x, context, _ = _unpack(inputs)
+        self.check_batch_shapes(x, context)  # before the seeds hash x and the context
         seed = self._evaluation_seed_for(inputs)
         return self.objective_result(inputs, seed, training=bool(training)).bound
 
@@ -558,6 +746,8 @@ class ImportanceWeightedAutoencoder(keras.Model):
         return self._update_metrics(result, finite)
 
     def test_step(self, data):
+        x, context, _ = _unpack(data)
+        self.check_batch_shapes(x, context)  # before the seeds hash x and the context
         result = self.objective_result(data, self._evaluation_seed_for(data))
         return self._update_metrics(result, tf.constant(True))
 
@@ -633,7 +823,19 @@ class ImportanceWeightedAutoencoder(keras.Model):
         if isinstance(callbacks, keras.callbacks.Callback):
             callbacks = [callbacks]
         callbacks = [*(callbacks or []), _StopWhenStalled()]
+        self._check_input_data(kwargs.get("x", args[0] if args else None))
+        self._check_input_data(kwargs.get("validation_data"))
         return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """`keras.Model.evaluate`, after `check_batch_shapes` on the data's static shapes."""
+        self._check_input_data(kwargs.get("x", args[0] if args else None))
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        """`keras.Model.predict` (the bound per data point), after `check_batch_shapes`."""
+        self._check_input_data(kwargs.get("x", args[0] if args else None))
+        return super().predict(*args, **kwargs)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -703,6 +905,7 @@ class ImportanceWeightedAutoencoder(keras.Model):
         x = tf.convert_to_tensor(x)
         if context is not None:
             context = tf.convert_to_tensor(context)
+        self.check_batch_shapes(x, context)  # before the estimate is traced
         if auto:
             batch_size = x.shape[0] if x.shape.rank else None
             jit_compile = _supports_xla(self) and (
@@ -743,6 +946,13 @@ class ImportanceWeightedAutoencoder(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> ImportanceWeightedAutoencoder:
+        missing = [k for k in ("encoder", "decoder", "prior", "objective") if k not in config]
+        if missing:
+            raise saving.ModelFileError(
+                f"The saved config of an {cls.__name__} lacks {missing} (it holds "
+                f"{sorted(config)}): the file's config.json was edited or damaged, or it was "
+                "written by another version of the class. Save the model again."
+            )
         config = dict(config)
         prior = config.pop("prior")
         if isinstance(prior, dict) and set(prior) == {"distribution"}:
@@ -760,6 +970,119 @@ class ImportanceWeightedAutoencoder(keras.Model):
             objective=_serialization.deserialize_objective(config.pop("objective")),
             **config,
         )
+
+    def _own_variables(self) -> list:
+        """The model's own variables in the order Keras saves them ("vars/0", ... in a file)."""
+        return list(self._trainable_variables) + list(self._non_trainable_variables)
+
+    def load_own_variables(self, store) -> None:
+        """Keras' hook for the model's own variables (the objective's, the counters).
+
+        Called by `keras.models.load_model` and `load_weights` before the layers'
+        variables: a file holding another number of them (weights of a model with
+        another objective) or a non-finite objective variable (a NaN `beta_logit`) is
+        refused naming them, before anything is assigned.
+        """
+        variables = self._own_variables()
+        keys = list(store.keys())
+        if len(keys) != len(variables):
+            trainable = [v.name for v in self._trainable_variables]
+            error = saving.ModelFileError(
+                saving._describe_mismatch(
+                    {f"vars/{k}": () for k in keys},
+                    {f"vars/{i}": () for i in range(len(variables))},
+                    [v.name for v in variables],
+                    trainable,
+                )
+                + "."
+            )
+            saving._record_error(error)
+            raise error
+        values = [np.asarray(store[str(i)]) for i in range(len(variables))]
+        try:
+            saving._check_own_values(values, variables, "The saved weights")
+        except saving.ModelFileError as error:
+            saving._record_error(error)
+            raise
+        super().load_own_variables(store)
+
+    def load_weights(self, filepath, skip_mismatch: bool = False, **kwargs) -> None:
+        """`keras.Model.load_weights`, after checks that name a damaged or mismatched file.
+
+        Before Keras reads a local `.weights.h5` or `.keras` file, the file is checked
+        (`mcobjectives.saving.check_weights_file`, or the archive's weights member) and
+        its variables (their paths and shapes) compared with this model's: a damaged
+        file, weights of a model with other variables (another objective: a learnable
+        CIWAE's `beta_logit`; another network: latent size, hidden units) or a NaN
+        weight is refused with a `mcobjectives.saving.ModelFileError` naming the file,
+        the variables that differ and the likely cause, and the model keeps its
+        weights. With `skip_mismatch=True` the comparison is left to Keras, which skips
+        mismatched layers with a warning. Any other error of Keras is re-raised as a
+        `ModelFileError` naming the file.
+        """
+        path = str(filepath)
+        where = f"The weights file {path!r}"
+        local = "://" not in path  # a remote path (gs://, hf://) is left to Keras
+        handle = None
+        try:
+            if local and path.endswith(".keras"):
+                _, data = saving._read_archive(path)
+                if data is not None:
+                    saving._check_h5_bytes(data, path, f"{path!r}: its weights member")
+                    handle = h5py.File(io.BytesIO(data), "r")
+            elif local and path.endswith(".weights.h5"):
+                saving.check_weights_file(path)
+                handle = h5py.File(path, "r")
+            if handle is not None and self.built:
+                variables = self._own_variables()
+                mismatch = None
+                if not skip_mismatch:
+                    mismatch = saving._describe_mismatch(
+                        saving._h5_layout(handle),
+                        saving._model_layout(self),
+                        [v.name for v in variables],
+                        [v.name for v in self._trainable_variables],
+                    )
+                if mismatch is not None:
+                    raise saving.ModelFileError(
+                        f"{where} does not fit this model, nothing was loaded: {mismatch}."
+                    )
+                saving._check_own_values(saving._own_values(handle), variables, where)
+        finally:
+            if handle is not None:
+                handle.close()
+        saving._record_error(None)
+        try:
+            super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        except (ValueError, OSError, KeyError) as error:
+            raise saving._wrapped_error(error, where) from error
+
+    def check_finite_weights(self) -> None:
+        """Raises a ValueError naming every weight that a sound model cannot hold.
+
+        That is a weight holding NaN, or an objective variable (a learnable CIWAE's
+        `beta_logit`) that is NaN or infinite. `fit` never applies a non-finite update,
+        so such a weight comes from a damaged file or checkpoint. `load_weights` and
+        `mcobjectives.saving.load_model` check the file; call this after restoring
+        weights by other means (`tf.train.Checkpoint.restore`, `set_weights`).
+        """
+        objective = {_variable_key(v) for v in self._objective_weights}
+        bad = []
+        for weight in self.weights:
+            if not np.issubdtype(np.dtype(weight.dtype), np.floating):
+                continue
+            value = np.asarray(weight.numpy())
+            if _variable_key(weight) in objective:
+                if not np.isfinite(value).all():
+                    bad.append(f"{weight.path} (the objective's, = {value.tolist()})")
+            elif np.isnan(value).any():
+                bad.append(f"{weight.path} ({int(np.isnan(value).sum())} NaN)")
+        if bad:
+            raise ValueError(
+                f"The model holds weights that are not finite: {', '.join(bad)}. Training "
+                "never applies a non-finite update, so they were restored from a damaged "
+                "file or checkpoint: restore an earlier one."
+            )
 
     def get_build_config(self) -> dict | None:
         if self._batch_spec is None:
@@ -972,17 +1295,20 @@ def make_train_step(
             )
         return {"loss": loss, "bound": bound, "ess": ess, "finite": finite > 0.5}
 
-    return _TrainStep(step, model)
+    return _TrainStep(step, model, check_shapes=strategy is None)
 
 
 class _TrainStep:
     """The `tf.function` step, then the check for consecutive non-finite steps; the
     function's attributes (e.g. `experimental_get_tracing_count`) are reachable."""
 
-    def __init__(self, step, model: ImportanceWeightedAutoencoder):
-        self._step, self._model = step, model
+    def __init__(self, step, model: ImportanceWeightedAutoencoder, check_shapes: bool = True):
+        self._step, self._model, self._check_shapes = step, model, check_shapes
 
     def __call__(self, batch) -> dict[str, tf.Tensor]:
+        if self._check_shapes:  # before the step is traced (a distributed batch: inside it)
+            x, context, _ = _unpack(batch)
+            self._model.check_batch_shapes(x, context)
         logs = self._step(batch)
         self._model.raise_if_stalled()
         return logs

@@ -54,6 +54,8 @@ Bernoulli latents stay int32.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import keras
@@ -80,6 +82,40 @@ def _hidden_units(hidden_units: Sequence[int]) -> tuple[int, ...]:
     if isinstance(hidden_units, (str, bytes)) or not isinstance(hidden_units, Sequence):
         raise TypeError(f"`hidden_units` must be a sequence of ints, got {hidden_units!r}.")
     return tuple(_checks.check_count("hidden_units", h) for h in hidden_units)
+
+
+def _min_scale(min_scale) -> float:
+    """`min_scale` as a float, or raises: the floor of every scale must be finite and > 0.
+
+    sigma = softplus(sigma_raw) + min_scale; softplus underflows to 0 for a very negative
+    sigma_raw, so a floor of 0 lets a scale reach 0 (an infinite density), and a negative
+    or non-finite one gives negative or NaN scales, which TFP accepts without validation.
+    """
+    if isinstance(min_scale, bool) or not isinstance(min_scale, numbers.Real):
+        raise TypeError(
+            f"`min_scale` must be a positive float (the floor on every scale sigma), got "
+            f"{min_scale!r} of type {type(min_scale).__name__}; pass e.g. min_scale=1e-4."
+        )
+    value = float(min_scale)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"`min_scale` must be a finite float > 0, the floor added to every scale "
+            f"(sigma = softplus(sigma_raw) + min_scale); got {value}. Pass e.g. "
+            "min_scale=1e-4 (the default)."
+        )
+    return value
+
+
+def _activation(activation):
+    """`activation` itself, once Keras can interpret it (a name, a callable or None)."""
+    try:
+        keras.activations.get(activation)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"`activation` must be the name of a Keras activation (e.g. 'tanh', 'relu') or "
+            f"a callable, got {activation!r}: {error}"
+        ) from None
+    return activation
 
 
 def _latent_sizes(latent_sizes: Sequence[int], lengths: tuple[int, ...]) -> tuple[int, ...]:
@@ -332,6 +368,7 @@ class _MLP(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.hidden_units = _hidden_units(hidden_units)
+        activation = _activation(activation)
         for i, units in enumerate(self.hidden_units):
             layer = keras.layers.Dense(
                 units, activation=activation, name=f"hidden_{i}", dtype=self.dtype_policy
@@ -372,8 +409,8 @@ class _DiagonalGaussian(keras.layers.Layer):
         super().__init__(**kwargs)
         self.latent_size = _checks.check_count("latent_size", latent_size)
         self.hidden_units = _hidden_units(hidden_units)
-        self.activation = activation
-        self.min_scale = float(min_scale)
+        self.activation = _activation(activation)
+        self.min_scale = _min_scale(min_scale)
         self.net = _MLP(
             self.hidden_units, 2 * self.latent_size, activation, name="mlp", dtype=self.dtype_policy
         )
@@ -511,8 +548,8 @@ class TwoLayerGaussianEncoder(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         self.latent_sizes = _latent_sizes(latent_sizes, (2,))
         self.hidden_units = _hidden_pair(hidden_units)
-        self.activation = activation
-        self.min_scale = float(min_scale)
+        self.activation = _activation(activation)
+        self.min_scale = _min_scale(min_scale)
         self.q_z1 = _DiagonalGaussian(
             self.latent_sizes[0],
             self.hidden_units[0],
@@ -586,8 +623,8 @@ class TwoLayerGaussianPrior(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         self.latent_sizes = _latent_sizes(latent_sizes, (2,))
         self.hidden_units = _hidden_units(hidden_units)
-        self.activation = activation
-        self.min_scale = float(min_scale)
+        self.activation = _activation(activation)
+        self.min_scale = _min_scale(min_scale)
         self.p_z1 = _DiagonalGaussian(
             self.latent_sizes[0],
             self.hidden_units,
@@ -659,7 +696,7 @@ class SigmoidBeliefEncoder(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         self.latent_sizes = _latent_sizes(latent_sizes, (1, 2))
         self.hidden_units = _hidden_units(hidden_units)
-        self.activation = activation
+        self.activation = _activation(activation)
         self.q_z1 = _IndependentBernoulli(
             self.latent_sizes[0],
             self.hidden_units,
@@ -732,7 +769,7 @@ class SigmoidBeliefPrior(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         self.latent_sizes = _latent_sizes(latent_sizes, (1, 2))
         self.hidden_units = _hidden_units(hidden_units)
-        self.activation = activation
+        self.activation = _activation(activation)
         self.p_z1 = None
         if len(self.latent_sizes) == 2:
             self.p_z1 = _IndependentBernoulli(
@@ -825,7 +862,7 @@ class BernoulliDecoder(keras.layers.Layer):
             raise TypeError(f"`latent` must be None, a key or an index, got {latent!r}.")
         self.latent = latent
         self.hidden_units = _hidden_units(hidden_units)
-        self.activation = activation
+        self.activation = _activation(activation)
         self._mean_pixel = None
         bias = "zeros"
         if mean_pixel is not None:
@@ -833,6 +870,18 @@ class BernoulliDecoder(keras.layers.Layer):
             if mean_pixel.shape != (self.event_size,):
                 raise ValueError(
                     f"`mean_pixel` must have shape ({self.event_size},), got {mean_pixel.shape}."
+                )
+            # Clipping below would turn raw intensities (0-255) into a bias of ~6.9 for
+            # every lit pixel, and NaN passes np.clip: both would start training silently
+            # from a wrong bias.
+            outside = ~((mean_pixel >= 0) & (mean_pixel <= 1))  # NaN counts as outside
+            if outside.any():
+                raise ValueError(
+                    f"`mean_pixel` must hold mean pixel intensities in [0, 1] (of the "
+                    f"training images as the decoder scores them), but {int(outside.sum())} "
+                    f"of its values are not (range [{np.nanmin(mean_pixel)}, "
+                    f"{np.nanmax(mean_pixel)}], {int(np.isnan(mean_pixel).sum())} NaN): "
+                    "scale raw intensities by 1/255 and drop NaN images."
                 )
             mean_pixel.flags.writeable = False
             self._mean_pixel = mean_pixel
