@@ -813,8 +813,11 @@ class ImportanceWeightedAutoencoder(keras.Model):
                 f"{run} consecutive training steps, the last being step {step} (counted from "
                 "1), had a non-finite loss or gradient and were skipped: the weights and the "
                 "optimizer hold the last finite update. Check the data for NaN or infinite "
-                "values and lower the learning rate (max_nonfinite_steps="
-                f"{self.max_nonfinite_steps})."
+                "values and lower the learning rate. A loss of +inf is a bound of -inf: "
+                "every sample of some data point (or, for VAE and CIWAE, any one sample) "
+                "fell outside the support of the prior or the likelihood, a weight of 0; "
+                "widen q's support or the model's, or use more samples "
+                f"(max_nonfinite_steps={self.max_nonfinite_steps})."
             )
 
     def fit(self, *args, callbacks=None, **kwargs):

@@ -412,7 +412,14 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         z = _checks.with_assertion(_checks.batch_size_assertion(q, name, z), z)
         if path is GradientPath.TOTAL:
             log_q = _checks.log_prob(q, z)
-            log_p = self._log_joint(log_joint, z, log_q)
+            # z's gradient through log p is masked where the coefficient is 0 (a zero
+            # weight), set below: the model's backward pass at log p = -inf may be NaN.
+            path_ratio = _Deferred()
+            model_z = tf.nest.map_structure(
+                lambda leaf: _scale_gradient(leaf, path_ratio) if leaf.dtype.is_floating else leaf,
+                z,
+            )
+            log_p = self._log_joint(log_joint, model_z, log_q)
             log_w = log_p - log_q
         else:
             fixed_z = tf.nest.map_structure(tf.stop_gradient, z)
@@ -448,6 +455,9 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         # zero weight, whose coefficient is then 0): multiply_no_nan gives 0 * -inf = 0,
         # and its gradient, coefficient * upstream, is unchanged.
         if path is GradientPath.TOTAL:
+            path_ratio.value = tf.where(
+                coefficients.model == 0, tf.zeros_like(stopped), tf.ones_like(stopped)
+            )
             surrogate = _weighted_sum(coefficients.model, log_w)
         else:
             carrier = coefficients.model
@@ -621,7 +631,10 @@ def _scale_gradient(leaf: tf.Tensor, ratio: _Deferred) -> tf.Tensor:
         def gradient(upstream):
             scale = tf.cast(ratio.value, upstream.dtype)
             trailing = tf.ones([x.shape.rank - 2], tf.int32)
-            return upstream * tf.reshape(scale, tf.concat([tf.shape(scale), trailing], 0))
+            scale = tf.reshape(scale, tf.concat([tf.shape(scale), trailing], 0))
+            # A sample of ratio 0 (a zero weight) sends z no gradient, also where the
+            # model's own backward pass at log p = -inf gave inf * 0 = NaN upstream.
+            return tf.math.multiply_no_nan(upstream, scale * tf.ones_like(upstream))
 
         return tf.identity(x), gradient
 

@@ -17,8 +17,11 @@ The limit. By default, `DEFAULT_FRACTION` (one tenth) of this machine's physical
 cgroup memory limit), or `FALLBACK_LIMIT` (2 GiB) where the system does not say. The
 samples are not all of a call's memory: drawing them goes through int64 counters and
 float64 uniforms, and an objective adds log densities and gradients; the peak measured
-for `sample` and for `IWAE` with its gradient is about 6-7 times the samples' own bytes,
-so samples at the limit need about two thirds of the machine. On an accelerator the
+for `sample` and for `IWAE` with its gradient on a toy model is about 6-7 times the
+samples' own bytes. It is a guard on the sample tensors, not a bound on a call's memory:
+a decoder's per-sample activations (for Burda et al.'s MNIST model about 25 times z's
+bytes) and a Categorical leaf's Gumbel noise ([S, B, num_categories] floats) are not
+counted, so a model far larger than its latents needs a lower limit. On an accelerator the
 device's memory is what runs out first: set the limit to a fraction of it.
 
 Overriding it, in the order that wins:

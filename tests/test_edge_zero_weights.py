@@ -438,3 +438,40 @@ def test_the_keras_model_trains_a_uniform_prior_model_without_skipping_steps(obj
     history = model.fit(images, batch_size=4, epochs=1, verbose=0)
     assert int(model.nonfinite_steps.numpy()) == 0
     assert np.isfinite(history.history["loss"]).all()
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [mco.IWAE(6), mco.DReG(6), mco.STL(6), mco.PIWAE(2, 3), mco.VRIWAE(6, dreg=True)],
+    ids=lambda o: type(o).__name__,
+)
+def test_a_model_whose_backward_pass_is_nan_at_a_zero_weight_sends_z_no_nan(objective):
+    """log p = log(1[z_0 < 0] * exp(z_0 - z_0)) + log N: its own backward pass at the
+    cut samples is 0/0 = NaN on z. The objective sends those samples' z no gradient, so
+    the gradients equal those of the same model written with tf.where (finite)."""
+    _, _, _, x = _parameters()
+
+    def product(mu, x):
+        base = toy.make_log_joint(mu, x)
+
+        def log_joint(z):
+            inside = tf.cast(z[..., 0] < 0.0, z.dtype)
+            return base(z) + tf.math.log(inside * tf.exp(z[..., 0] - z[..., 0]))
+
+        return log_joint
+
+    def masked(mu, x):
+        base = toy.make_log_joint(mu, x)
+
+        def log_joint(z):
+            return tf.where(z[..., 0] < 0.0, base(z), tf.constant(-INF, tf.float64))
+
+        return log_joint
+
+    nan_model, nan_grads = _run(objective, x, product)
+    clean, clean_grads = _run(objective, x, masked)
+    assert np.isinf(clean.log_weights.numpy()).any()
+    np.testing.assert_array_equal(nan_model.bound.numpy(), clean.bound.numpy())
+    for a, b in zip(nan_grads, clean_grads, strict=True):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
