@@ -412,14 +412,7 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         z = _checks.with_assertion(_checks.batch_size_assertion(q, name, z), z)
         if path is GradientPath.TOTAL:
             log_q = _checks.log_prob(q, z)
-            # z's gradient through log p is masked where the coefficient is 0 (a zero
-            # weight), set below: the model's backward pass at log p = -inf may be NaN.
-            path_ratio = _Deferred()
-            model_z = tf.nest.map_structure(
-                lambda leaf: _scale_gradient(leaf, path_ratio) if leaf.dtype.is_floating else leaf,
-                z,
-            )
-            log_p = self._log_joint(log_joint, model_z, log_q)
+            log_p = self._log_joint(log_joint, z, log_q)
             log_w = log_p - log_q
         else:
             fixed_z = tf.nest.map_structure(tf.stop_gradient, z)
@@ -455,9 +448,6 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         # zero weight, whose coefficient is then 0): multiply_no_nan gives 0 * -inf = 0,
         # and its gradient, coefficient * upstream, is unchanged.
         if path is GradientPath.TOTAL:
-            path_ratio.value = tf.where(
-                coefficients.model == 0, tf.zeros_like(stopped), tf.ones_like(stopped)
-            )
             surrogate = _weighted_sum(coefficients.model, log_w)
         else:
             carrier = coefficients.model
