@@ -14,7 +14,17 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["finite_log_weights_assertion", "finite_value_assertion"]
+__all__ = ["finite_log_weights_assertion", "finite_value_assertion", "nan_for_positive_infinity"]
+
+
+def nan_for_positive_infinity(log_weights: tf.Tensor) -> tf.Tensor:
+    """log weights with +inf (log p = +inf, or log q = -inf at q's own sample) as NaN.
+
+    +inf has no meaning as a weight; by default it propagates as NaN, as NaN does.
+    """
+    return tf.where(
+        log_weights == float("inf"), tf.constant(float("nan"), log_weights.dtype), log_weights
+    )
 
 
 def _bad_points(bad: tf.Tensor) -> tf.Tensor:

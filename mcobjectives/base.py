@@ -109,7 +109,6 @@ from __future__ import annotations
 import abc
 import enum
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -436,7 +435,7 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
             )
         # +inf (log p = +inf, or log q = -inf at q's own sample) has no meaning as a
         # weight: it is reported, and propagates, as NaN.
-        stopped = _nan_for_positive_infinity(tf.stop_gradient(log_w))
+        stopped = _validation.nan_for_positive_infinity(tf.stop_gradient(log_w))
         value = self._checked_value(self._value(stopped), stopped)
         coefficients = self._checked_coefficients(self._coefficients(stopped), path, stopped)
         # A data point whose value is infinite (every weight zero, or one zero weight for
@@ -551,10 +550,6 @@ def _weighted_sum(coefficient: tf.Tensor, log_density: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.math.multiply_no_nan(log_density, coefficient), axis=0)
 
 
-def _nan_for_positive_infinity(log_weights: tf.Tensor) -> tf.Tensor:
-    return tf.where(log_weights == math.inf, tf.constant(math.nan, log_weights.dtype), log_weights)
-
-
 def _without_infinite_values(coefficients: Coefficients, value: tf.Tensor) -> Coefficients:
     """The coefficients, 0 for every sample of a data point whose value is +-inf."""
     infinite = tf.math.is_inf(value)
@@ -624,7 +619,7 @@ def _scale_gradient(leaf: tf.Tensor, ratio: _Deferred) -> tf.Tensor:
             scale = tf.reshape(scale, tf.concat([tf.shape(scale), trailing], 0))
             # A sample of ratio 0 (a zero weight) sends z no gradient, also where the
             # model's own backward pass at log p = -inf gave inf * 0 = NaN upstream.
-            return tf.math.multiply_no_nan(upstream, scale * tf.ones_like(upstream))
+            return tf.math.multiply_no_nan(upstream, scale)
 
         return tf.identity(x), gradient
 

@@ -29,8 +29,7 @@ def _chunk_log_sum_exp(q, log_joint, num_samples, seed, validate_args=False):
             _validation.finite_log_weights_assertion(z, log_q, log_p, "log_marginal_estimate"),
             log_w,
         )
-    # +inf is no weight: NaN, as in the objectives.
-    log_w = tf.where(log_w == math.inf, tf.constant(math.nan, log_w.dtype), log_w)
+    log_w = _validation.nan_for_positive_infinity(log_w)  # as in the objectives
     return tf.stop_gradient(tf.reduce_logsumexp(log_w, axis=0))
 
 
