@@ -67,14 +67,16 @@ class Estimator:
     @property
     def grouped(self) -> bool:
         """Whether n is M, a number of bounds (MIWAE, PIWAE: the objectives with num_outer)."""
-        cls = mco.registry.OBJECTIVES[self.objective or self.name]
+        cls = mco.objectives.OBJECTIVES[self.objective or self.name]
         return "num_outer" in inspect.signature(cls.__init__).parameters
 
     @property
     def smallest_n(self) -> int:
         if self.grouped:
             return self.min_n
-        return max(self.min_n, mco.registry.OBJECTIVES[self.objective or self.name].min_num_samples)
+        return max(
+            self.min_n, mco.objectives.OBJECTIVES[self.objective or self.name].min_num_samples
+        )
 
 
 PAPER_ESTIMATORS = (
@@ -93,7 +95,7 @@ DEFAULT_OBJECTIVES = tuple(e.name for e in PAPER_ESTIMATORS)
 ESTIMATORS = {e.name: e for e in PAPER_ESTIMATORS}
 for _name in mco.objective_names():  # every other registered objective, default arguments
     if _name not in ESTIMATORS:
-        _estimator = Estimator(_name, mco.registry.OBJECTIVES[_name].__name__, "K")
+        _estimator = Estimator(_name, mco.objectives.OBJECTIVES[_name].__name__, "K")
         ESTIMATORS[_name] = dataclasses.replace(_estimator, axis="M" if _estimator.grouped else "K")
 
 

@@ -94,7 +94,7 @@ def make_objective(name: str, cfg) -> mco.MCObjective:
     }.get(name, (name, {}))
     if registered not in mco.objective_names():
         raise ValueError(f"unknown objective {name!r}: not in {mco.objective_names()}, rws_dreg")
-    if "num_outer" in inspect.signature(mco.registry.OBJECTIVES[registered].__init__).parameters:
+    if "num_outer" in inspect.signature(mco.objectives.OBJECTIVES[registered].__init__).parameters:
         kwargs = {**kwargs, "num_outer": cfg.num_outer}
     return mco.make_objective(registered, cfg.num_samples, **kwargs)
 

@@ -110,7 +110,7 @@ def define_flags() -> None:
 def make_library_objective(label: str, k: int, m: int) -> mco.MCObjective:
     """The objective `label` with a budget of K samples (M bounds where it takes them)."""
     name, kwargs = OBJECTIVES[label]
-    if "num_outer" in inspect.signature(mco.registry.OBJECTIVES[name].__init__).parameters:
+    if "num_outer" in inspect.signature(mco.objectives.OBJECTIVES[name].__init__).parameters:
         kwargs = {**kwargs, "num_outer": m}
     return mco.make_objective(name, k, **kwargs)
 

@@ -202,7 +202,7 @@ def check_resume(
     # An objective flag counts if both objectives take it (a differing objective is
     # reported as such; the flags that only one of them takes are moot).
     accepted = set(objective_parameters(config.objective))
-    if stored["flags"].get("objective") in mco.registry.OBJECTIVES:
+    if stored["flags"].get("objective") in mco.objectives.OBJECTIVES:
         accepted &= set(objective_parameters(stored["flags"]["objective"]))
     compared = [
         name

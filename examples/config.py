@@ -20,7 +20,7 @@ from absl import logging
 
 import mcobjectives as mco
 
-OBJECTIVES = mco.objective_names()  # every objective registered in mcobjectives.registry
+OBJECTIVES = mco.objective_names()  # every objective registered in mcobjectives.objectives
 # The settings that are keyword arguments of `mco.make_objective`, each given to the
 # objectives whose constructor takes it (and is not None): flag name -> argument name.
 OBJECTIVE_FLAGS = {
@@ -158,7 +158,7 @@ DEFAULTS = Config()
 # -------------------------------------------------------------------------- the objective
 def objective_parameters(objective: str) -> list[str]:
     """The names of the constructor arguments of registered objective `objective`."""
-    return list(inspect.signature(mco.registry.OBJECTIVES[objective].__init__).parameters)
+    return list(inspect.signature(mco.objectives.OBJECTIVES[objective].__init__).parameters)
 
 
 def objective_kwargs(config: Config, *, warn: bool = True) -> dict[str, Any]:

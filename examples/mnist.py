@@ -145,7 +145,7 @@ def score_function_objectives() -> list[str]:
     """The registered objectives whose inference gradient needs only log q (RWS, VIMCO)."""
     return [
         name
-        for name, cls in mco.registry.OBJECTIVES.items()
+        for name, cls in mco.objectives.OBJECTIVES.items()
         if getattr(cls, "gradient_path", None) is mco.GradientPath.SCORE
     ]
 
@@ -161,7 +161,7 @@ def architecture_problems(config: Config) -> list[str]:
                     f"{architecture} has the sizes of its papers (see examples/mnist.py): "
                     f"leave --{flag} unset."
                 )
-    cls = mco.registry.OBJECTIVES[config.objective]
+    cls = mco.objectives.OBJECTIVES[config.objective]
     if architecture == "sbn" and getattr(cls, "gradient_path", None) is not mco.GradientPath.SCORE:
         choices = " or ".join(f"--objective={name}" for name in score_function_objectives())
         problems.append(

@@ -5,9 +5,10 @@ loss whose value is the negative bound and whose gradients are the objective's
 estimators for the model and inference networks.
 """
 
-from mcobjectives import diagnostics, limits, networks, sampling, saving, weights
-from mcobjectives.autoencoder import ImportanceWeightedAutoencoder, make_train_step
-from mcobjectives.base import (
+from mcobjectives import diagnostics, keras, limits, networks, objectives, sampling, weights
+from mcobjectives._version import __version__ as __version__  # kept in _version.py alone
+from mcobjectives.core.log_joint import make_log_joint
+from mcobjectives.core.objective import (
     Coefficients,
     GradientPath,
     Gradients,
@@ -15,24 +16,26 @@ from mcobjectives.base import (
     MCObjective,
     ObjectiveResult,
 )
-from mcobjectives.dreg import STL, DReG
-from mcobjectives.evaluation import active_units, log_marginal_estimate
-from mcobjectives.iwae import CIWAE, IWAE, MIWAE, PIWAE, VAE
-from mcobjectives.jvi import JVI
-from mcobjectives.model import make_log_joint
-from mcobjectives.registry import make_objective, objective_names
-from mcobjectives.rws import RWS
-from mcobjectives.saving import load_model
-from mcobjectives.vimco import VIMCO
-from mcobjectives.vriwae import VRIWAE
-from mcobjectives.weights import (
-    effective_sample_size,
-    leave_one_out_logsumexp,
-    log_mean_exp,
-    normalized_weights,
+from mcobjectives.estimation.activity import active_units
+from mcobjectives.estimation.log_marginal import log_marginal_estimate
+from mcobjectives.keras.model import ImportanceWeightedAutoencoder
+from mcobjectives.keras.saving import load_model
+from mcobjectives.keras.train_step import make_train_step
+from mcobjectives.objectives import (
+    CIWAE,
+    IWAE,
+    JVI,
+    MIWAE,
+    PIWAE,
+    RWS,
+    STL,
+    VAE,
+    VIMCO,
+    VRIWAE,
+    DReG,
+    make_objective,
+    objective_names,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CIWAE",
@@ -55,19 +58,16 @@ __all__ = [
     "ObjectiveResult",
     "active_units",
     "diagnostics",
-    "effective_sample_size",
-    "leave_one_out_logsumexp",
+    "keras",
     "limits",
     "load_model",
     "log_marginal_estimate",
-    "log_mean_exp",
     "make_log_joint",
     "make_objective",
     "make_train_step",
     "networks",
-    "normalized_weights",
     "objective_names",
+    "objectives",
     "sampling",
-    "saving",
     "weights",
 ]

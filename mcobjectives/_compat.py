@@ -42,6 +42,34 @@ def model_coroutine(joint):
     return joint._model_coroutine()
 
 
+def model_flatten(joint, value) -> list:
+    """The leaves of `value` (a structure like `joint`'s parts) in the order of its model.
+
+    A JointDistributionNamed orders its parts by its model's dependencies, not by its
+    dict's keys, and only `_model_flatten` says that order (TFP 0.25).
+    """
+    return joint._model_flatten(value)
+
+
+def model_unflatten(joint, values):
+    """`values`, one per part in the order of the model, in the structure of `joint`'s parts.
+
+    The inverse of `model_flatten`, TFP's `_model_unflatten` (TFP 0.25).
+    """
+    return joint._model_unflatten(values)
+
+
+def flat_resolve_names(joint, **kwargs) -> list[str]:
+    """The names of a joint distribution's parts, in its model's order.
+
+    A JointDistribution's parts are named by its keys, a Sequential's lambda arguments or
+    `name=`, and TFP resolves them (with made-up names for the rest) only in the private
+    `_flat_resolve_names`; `leaf_name` / `dummy_name` choose the made-up names, so that the
+    caller can tell them from the user's. TFP 0.25.
+    """
+    return joint._flat_resolve_names(**kwargs)
+
+
 # --- Keras ------------------------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from mcobjectives import _checks
+from mcobjectives.core import checks
 
 __all__ = [
     "DEFAULT_FRACTION",
@@ -76,7 +76,7 @@ __all__ = [
 ENVIRONMENT_VARIABLE = "MCOBJECTIVES_SAMPLE_MEMORY_LIMIT"
 DEFAULT_FRACTION = 0.1
 FALLBACK_LIMIT = 2**31  # 2 GiB, where the physical memory is unknown
-_MAX_ELEMENTS = 2**63 - 1  # element counts of a draw are int64 (`sampling._num_elements`)
+_MAX_ELEMENTS = 2**63 - 1  # element counts of a draw are int64 (`sampling.bits._num_elements`)
 
 # The limit in force and where it came from: None until first needed (then the
 # environment's or the default).
@@ -241,10 +241,10 @@ def sample_bytes(q, num_samples: int) -> list[LeafBytes]:
     size that is not static (or a shape of unknown rank) counts as 1, so for a dynamic
     batch this is the bytes per data point. Nothing is traced or allocated.
     """
-    names = _checks.leaf_names(q)
+    names = checks.leaf_names(q)
     dtypes = tf.nest.flatten(q.dtype)
-    batches = _checks._per_leaf(_checks._flat_shapes(q.batch_shape), len(names))
-    events = _checks._flat_shapes(q.event_shape)
+    batches = checks.per_leaf(checks.flat_shapes(q.batch_shape), len(names))
+    events = checks.flat_shapes(q.event_shape)
     leaves = []
     for name, dtype, batch, event in zip(names, dtypes, batches, events, strict=True):
         shape = (num_samples, *_known(batch), *_known(event))

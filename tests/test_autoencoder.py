@@ -1,7 +1,8 @@
 """Tests of mcobjectives.ImportanceWeightedAutoencoder and make_train_step on real MNIST.
 
-The data are the first 500 images of the bundled MNIST subset (examples/data/
-mnist_subset.npz, real MNIST), binarized with a fixed NumPy seed. Networks are small
+The data are the first 500 images of the bundled MNIST subset (package data,
+`mcobjectives.experimental.mnist.BUNDLED_PATH`, real MNIST), binarized with a fixed
+NumPy seed. Networks are small
 (one hidden layer of 64 tanh units, 8 latent dimensions) so that every objective trains
 for 150 steps in a few seconds. Tests that train print what they measured; tolerances
 and margins are stated where they are asserted.
@@ -41,7 +42,7 @@ HALF = 392  # 14 rows of 28 pixels: the top half is the context, the bottom half
 
 
 def _load_binarized():
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "data" / "mnist_subset.npz"
+    path = pathlib.Path(mco.__file__).parent / "experimental/mnist/bundled/mnist_subset.npz"
     with np.load(path) as data:
         train = data["train_images"][:NUM_TRAIN].astype(np.float64) / 255.0
         test = data["test_images"][:8].astype(np.float64) / 255.0

@@ -76,7 +76,7 @@ def _all_of(*words) -> str:
 
 
 def _objective(name: str) -> mco.MCObjective:
-    cls = mco.registry.OBJECTIVES[name]
+    cls = mco.objectives.OBJECTIVES[name]
     if name in ("miwae", "piwae"):
         return mco.make_objective(name, K, num_outer=2)
     return cls(K) if name != "vae" else mco.VAE(K)

@@ -125,7 +125,7 @@ def test_every_registered_objective_is_timed_by_default():
         if name in expected:
             assert repr(objective) == expected[name]
         elif name in mco.objective_names():
-            assert type(objective) is mco.registry.OBJECTIVES[name]
+            assert type(objective) is mco.objectives.OBJECTIVES[name]
 
 
 def test_step_gflop_counts_the_split_backward_pass():

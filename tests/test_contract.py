@@ -1,9 +1,10 @@
-"""The extension contract of `mcobjectives.base` ("Adding an objective") and the registry.
+"""The extension contract of `mco.MCObjective` and the registry.
 
 Subclasses that break the contract fail loudly at their first call, before anything is
 drawn or traced; `num_samples` is validated by the base class; every registered
 objective has a constructor-like `repr` and a `get_config` that rebuilds it; objectives
-written from the docstring alone work; `make_objective` names what is wrong.
+written from the guide "Adding an objective" (docs/guides/adding-an-objective.md) alone
+work; `make_objective` names what is wrong.
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def test_every_registered_objective_declares_a_gradient_path(name):
 
 
 def _takes(name: str, argument: str) -> bool:
-    return argument in inspect.signature(mco.registry.OBJECTIVES[name].__init__).parameters
+    return argument in inspect.signature(mco.objectives.OBJECTIVES[name].__init__).parameters
 
 
 @pytest.mark.parametrize(
@@ -241,11 +242,11 @@ def test_an_invalid_num_samples_raises_naming_num_samples(name, value, error):
         mco.make_objective(name, value, **kwargs)
     if _takes(name, "num_samples"):
         with pytest.raises(error, match="`num_samples`"):
-            mco.registry.OBJECTIVES[name](value)
+            mco.objectives.OBJECTIVES[name](value)
 
 
 def _with_a_minimum() -> list[str]:
-    return [n for n in mco.objective_names() if mco.registry.OBJECTIVES[n].min_num_samples > 1]
+    return [n for n in mco.objective_names() if mco.objectives.OBJECTIVES[n].min_num_samples > 1]
 
 
 def test_jvi_is_among_the_objectives_with_a_minimum_above_one():
@@ -256,7 +257,7 @@ def test_jvi_is_among_the_objectives_with_a_minimum_above_one():
 @pytest.mark.parametrize("name", _with_a_minimum())
 def test_num_samples_below_min_num_samples_raises_value_error(name):
     """E.g. JVI(1): its leave-one-out terms need a second sample."""
-    cls = mco.registry.OBJECTIVES[name]
+    cls = mco.objectives.OBJECTIVES[name]
     minimum = cls.min_num_samples
     with pytest.raises(ValueError, match=rf"`num_samples` must be an int >= {minimum}, got"):
         cls(minimum - 1)
@@ -304,7 +305,7 @@ def _variants(name: str) -> list[mco.MCObjective]:
     REPRESENTATIVE arguments, and a given `name`."""
     grouped = {"num_outer": 2} if _takes(name, "num_outer") else {}
     budget = 6 if grouped else K
-    parameters = inspect.signature(mco.registry.OBJECTIVES[name].__init__).parameters
+    parameters = inspect.signature(mco.objectives.OBJECTIVES[name].__init__).parameters
     settings = [{}]
     settings += [{a: True} for a, p in parameters.items() if p.default is False]
     settings += [s for s in REPRESENTATIVE.get(name, []) if set(s) <= set(parameters)]
@@ -387,11 +388,9 @@ def test_repr_examples(build, expected):
     assert repr(build()) == expected
 
 
-def test_learnable_ciwae_get_config_reports_the_trained_beta():
-    """After an update of beta_logit, get_config (and repr) give the current beta, and the
-    rebuilt objective starts from it."""
+def _trained_ciwae():
+    """A learnable CIWAE(beta=0.3) after one descent step on beta_logit, and its beta."""
     ciwae = mco.make_objective("ciwae", K, beta=0.3, learnable_beta=True)
-    assert ciwae.get_config()["beta"] == 0.3  # untrained: exactly the given value
     mu, A, b, x = _data(tf.float32)
     with tf.GradientTape() as tape:
         result = ciwae(toy.make_q(A, b, x), toy.make_log_joint(mu, x), seed=SEED)
@@ -400,13 +399,69 @@ def test_learnable_ciwae_get_config_reports_the_trained_beta():
     trained = float(ciwae.beta)
     print(f"beta 0.3 -> {trained}")
     assert trained < 0.3 - 1e-3  # d loss / d beta >= 0: a descent step lowers beta
+    return ciwae, trained
+
+
+def test_learnable_ciwae_get_config_gives_the_constructor_beta_while_training_runs():
+    """get_config (and repr) are the constructor's arguments: beta stays the given 0.3
+    after beta_logit was trained; the trained value is the variable's."""
+    ciwae, trained = _trained_ciwae()
     config = ciwae.get_config()
-    assert config["beta"] == pytest.approx(trained, rel=1e-12)
-    assert config["learnable_beta"] is True
-    assert f"beta={config['beta']!r}" in repr(ciwae)
+    assert config == {"num_samples": K, "beta": 0.3, "learnable_beta": True}
+    assert repr(ciwae) == f"CIWAE(num_samples={K}, beta=0.3, learnable_beta=True)"
+    assert float(ciwae.beta) == pytest.approx(trained, rel=1e-12)
     rebuilt = mco.CIWAE(**config)
-    assert float(rebuilt.beta) == pytest.approx(trained, rel=1e-6)
-    assert float(rebuilt.beta_logit) == pytest.approx(float(ciwae.beta_logit), rel=1e-6)
+    assert float(rebuilt.beta) == pytest.approx(0.3, rel=1e-6)  # a fresh start
+    rebuilt.beta_logit.assign(ciwae.beta_logit)  # what loading the weights does
+    assert float(rebuilt.beta) == trained
+
+
+def test_a_saved_keras_model_restores_the_trained_beta_through_its_weights(tmp_path):
+    """A model with a learnable CIWAE, trained, saved and loaded: the loaded objective's
+    config holds the constructor's beta, its beta_logit (a weight) the trained value."""
+    import keras
+
+    from mcobjectives import networks
+
+    keras.utils.set_random_seed(0)
+    x = (np.random.default_rng(0).random([6, 10]) < 0.5).astype(np.float32)
+    model = mco.ImportanceWeightedAutoencoder(
+        networks.GaussianEncoder(3, (8,)),
+        networks.BernoulliDecoder(10, (8,)),
+        tfp_normal_prior(3),
+        mco.CIWAE(2, beta=0.5, learnable_beta=True),
+        seed=1,
+    )
+    model.compile(keras.optimizers.Adam(0.1))
+    model.fit(x, batch_size=6, epochs=3, verbose=0)
+    trained = float(model.objective.beta_logit)
+    assert trained != pytest.approx(0.0, abs=1e-3)  # logit(0.5) = 0 moved
+    path = tmp_path / "ciwae.keras"
+    model.save(path)
+    loaded = mco.load_model(path)
+    assert loaded.objective.get_config()["beta"] == 0.5
+    assert float(loaded.objective.beta_logit) == trained
+
+
+def tfp_normal_prior(latent):
+    import tensorflow_probability as tfp
+
+    tfd = tfp.distributions
+    return tfd.Independent(tfd.Normal(tf.zeros(latent), tf.ones(latent)), 1)
+
+
+@pytest.mark.parametrize(("dreg", "path"), [(False, "TOTAL"), (True, "SPLIT")])
+@pytest.mark.parametrize("name", ["jvi", "vriwae"])
+def test_an_objective_whose_path_depends_on_dreg_reads_it_from_a_read_only_property(
+    name, dreg, path
+):
+    """JVI's and VRIWAE's gradient_path is a property of the objective, not an attribute
+    set per instance: it follows `dreg` and cannot be assigned."""
+    objective = mco.make_objective(name, K, dreg=dreg)
+    assert objective.gradient_path is mco.GradientPath[path]
+    assert "gradient_path" not in vars(objective)
+    with pytest.raises(AttributeError):
+        objective.gradient_path = mco.GradientPath.SCORE
 
 
 def test_a_subclass_that_does_not_store_an_argument_cannot_describe_itself():
@@ -430,7 +485,7 @@ def test_a_subclass_that_does_not_store_an_argument_cannot_describe_itself():
 
 
 # --------------------------------------------------------------------------------------
-# Objectives written from the docstring of mcobjectives.base alone
+# Objectives written from the guide docs/guides/adding-an-objective.md alone
 # --------------------------------------------------------------------------------------
 
 
@@ -484,8 +539,8 @@ def test_a_half_iwae_total_objective_is_exactly_half_of_iwae():
 
 
 def test_a_user_objective_registered_with_one_line_is_made_by_make_objective(monkeypatch):
-    """One line in `mcobjectives.registry.OBJECTIVES` and make_objective builds it."""
-    monkeypatch.setitem(mco.registry.OBJECTIVES, "halfiwae", HalfIWAE)
+    """One line in `mco.objectives.OBJECTIVES` and make_objective builds it."""
+    monkeypatch.setitem(mco.objectives.OBJECTIVES, "halfiwae", HalfIWAE)
     assert mco.objective_names()[-1] == "halfiwae"
     objective = mco.make_objective("halfiwae", K, scale=0.25)
     assert repr(objective) == "HalfIWAE(num_samples=4, scale=0.25)"
@@ -635,7 +690,7 @@ def test_make_objective_builds_every_registered_objective(name):
     """Each name gives an instance of its registered class with S = num_samples."""
     kwargs = {"num_outer": 2} if _takes(name, "num_outer") else {}
     objective = mco.make_objective(name, 6, **kwargs)
-    assert type(objective) is mco.registry.OBJECTIVES[name]
+    assert type(objective) is mco.objectives.OBJECTIVES[name]
     assert objective.num_samples == 6
 
 

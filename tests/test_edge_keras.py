@@ -26,7 +26,7 @@ import tensorflow_probability as tfp
 
 import mcobjectives as mco
 from mcobjectives import networks
-from mcobjectives.saving import ModelFileError, check_weights_file, load_model
+from mcobjectives.keras.saving import ModelFileError, check_weights_file, load_model
 from tests.conftest import in_mode, modes
 
 tfd = tfp.distributions

@@ -183,14 +183,14 @@ def test_every_form_of_joint_prior_in_generative_order_is_paired_with_q_by_name(
 def test_a_prior_in_q_s_own_order_is_passed_z_itself_and_gives_the_same_bound():
     """Matched order: no rearrangement at all (the pairing is None), and the bound is the
     one of the reversed prior, both equal to the hand computation."""
-    from mcobjectives import _structures
+    from mcobjectives.core import structures
 
     x = _f64(X)
     q = _q_named(x)
     matched = tfd.JointDistributionNamed({"a": lambda b: _p_a_given_b(b), "b": _p_b()})
-    assert _structures.pair_prior(q, matched) is None
+    assert structures.pair_prior(q, matched) is None
     reversed_ = PRIORS_IN_GENERATIVE_ORDER["sequential by name="]()
-    assert _structures.pair_prior(q, reversed_) is not None
+    assert structures.pair_prior(q, reversed_) is not None
     bounds = [
         mco.IWAE(S)(q, mco.make_log_joint(p, _likelihood, x), seed=SEED).bound.numpy()
         for p in (matched, reversed_)
@@ -203,12 +203,12 @@ def test_a_prior_in_q_s_own_order_is_passed_z_itself_and_gives_the_same_bound():
 def test_a_prior_in_q_s_own_order_adds_no_op_to_the_traced_log_joint():
     """The checks read static shapes in Python and the pairing is None: the traced graph
     of the bound log joint has exactly the ops of log p(z) + log p(x|z) written out."""
-    from mcobjectives import _checks
+    from mcobjectives.core import checks
 
     x = _f64(X)
     q = _q_named(x)
     prior = tfd.JointDistributionNamed({"a": lambda b: _p_a_given_b(b), "b": _p_b()})
-    bound = _checks.bind_log_joint(mco.make_log_joint(prior, _likelihood, x), q)
+    bound = checks.bind_log_joint(mco.make_log_joint(prior, _likelihood, x), q)
     spec = tf.nest.map_structure(tf.TensorSpec.from_tensor, sampling.sample(q, S, SEED))
 
     def ops(fn):

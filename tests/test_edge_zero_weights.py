@@ -401,16 +401,16 @@ def test_weight_functions_of_zero_weights():
     with zero weights: the limits, by hand; every weight zero gives 0, 0, -inf, -inf."""
     lw = np.array([[0.0, -INF, -INF], [1.0, -INF, 2.0], [-INF, -INF, 2.0]])  # [S=3, B=3]
     w = np.exp(lw)
-    normalized = mco.normalized_weights(tf.constant(lw)).numpy()
+    normalized = mco.weights.normalized_weights(tf.constant(lw)).numpy()
     np.testing.assert_allclose(normalized[:, [0, 2]], (w / w.sum(0))[:, [0, 2]], rtol=1e-12)
     np.testing.assert_array_equal(normalized[:, 1], 0.0)
-    ess = mco.effective_sample_size(tf.constant(lw)).numpy()
+    ess = mco.weights.effective_sample_size(tf.constant(lw)).numpy()
     np.testing.assert_allclose(ess[[0, 2]], (w.sum(0) ** 2 / (w**2).sum(0))[[0, 2]], rtol=1e-12)
     assert ess[1] == 0.0
-    lme = mco.log_mean_exp(tf.constant(lw)).numpy()
+    lme = mco.weights.log_mean_exp(tf.constant(lw)).numpy()
     np.testing.assert_allclose(lme[[0, 2]], np.log(w.mean(0))[[0, 2]], rtol=1e-12)
     assert lme[1] == -INF
-    loo = mco.leave_one_out_logsumexp(tf.constant(lw)).numpy()
+    loo = mco.weights.leave_one_out_logsumexp(tf.constant(lw)).numpy()
     with np.errstate(divide="ignore"):
         brute = np.log(
             np.array(

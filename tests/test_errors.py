@@ -40,7 +40,7 @@ def _all_objectives() -> dict:
     and the variants whose checks differ (DReG(alpha), JVI-DReG, VRIWAE-DReG)."""
     objectives = {}
     for name in mco.objective_names():
-        cls = mco.registry.OBJECTIVES[name]
+        cls = mco.objectives.OBJECTIVES[name]
         kwargs = {"num_outer": 2} if "num_outer" in inspect.signature(cls).parameters else {}
         budget = 6 if kwargs else K
         objectives[cls.__name__] = functools.partial(mco.make_objective, name, budget, **kwargs)

@@ -106,7 +106,7 @@ class Spec:
         if not (EXAMPLES / self.script).exists():
             return f"examples/{self.script} does not exist yet"
         if self.objective not in mco.objective_names():
-            return f"{self.objective} is not registered in mcobjectives.registry yet"
+            return f"{self.objective} is not registered in mcobjectives.objectives yet"
         return _tfds_missing(self.tfds) if self.tfds else None
 
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from mcobjectives import networks
+from mcobjectives.networks.bernoulli import PixelBernoulli, checked_pixels
 from tests.conftest import EAGER_AND_FUNCTION, in_mode, modes
 
 tfd = tfp.distributions
@@ -57,7 +58,7 @@ def _pixels(kind: str, dtype) -> np.ndarray:
 def _ours_and_tfps(logits: tf.Tensor, x: tf.Tensor, event_ndims: int = 1):
     """(log_prob, d log_prob / d logits) of the decoder's pixels and of TFP's Bernoulli."""
     out = []
-    for make in (networks._PixelBernoulli, tfd.Independent):
+    for make in (PixelBernoulli, tfd.Independent):
         with tf.GradientTape() as tape:
             tape.watch(logits)
             d = make(tfd.Bernoulli(logits=logits, dtype=logits.dtype), event_ndims)
@@ -205,7 +206,7 @@ def test_log_prob_and_its_gradient_hold_one_exp_one_log_one_sigmoid_and_no_multi
     def log_prob_and_gradient(logits, x):
         with tf.GradientTape() as tape:
             tape.watch(logits)
-            p = networks._PixelBernoulli(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1)
+            p = PixelBernoulli(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1)
             log_prob = p.log_prob(x)
         return log_prob, tape.gradient(log_prob, logits)
 
@@ -224,7 +225,7 @@ def test_the_range_check_reads_x_in_one_min_and_one_max_outside_its_cond():
 
     @tf.function(autograph=False)
     def check(x):
-        return networks._checked_pixels(x)
+        return checked_pixels(x)
 
     graph = check.get_concrete_function(tf.TensorSpec([None, 784], tf.float32)).graph
     outer = _op_types(graph)
@@ -247,9 +248,7 @@ def test_the_check_lets_pixels_in_range_and_non_finite_pixels_through(mode, x):
     logits = tf.constant([[0.5, -2.0, 3.0, 0.0]])
 
     def log_prob(x):
-        return networks._PixelBernoulli(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1).log_prob(
-            x
-        )
+        return PixelBernoulli(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1).log_prob(x)
 
     value = in_mode(log_prob, mode)(tf.constant(x, tf.float32)).numpy()
     assert np.isfinite(value).all() == np.isfinite(x).all()
@@ -267,9 +266,7 @@ def test_a_finite_pixel_outside_the_unit_interval_fails_beside_non_finite_ones(m
     logits = tf.constant([[0.5, -2.0, 3.0, 0.0]])
 
     def log_prob(x):
-        return networks._PixelBernoulli(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1).log_prob(
-            x
-        )
+        return PixelBernoulli(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1).log_prob(x)
 
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"pixels x in \[0, 1\]"):
         in_mode(log_prob, mode)(tf.constant(x, tf.float32))

@@ -32,7 +32,7 @@ LATENT, HIDDEN, K, BATCH = 4, (16,), 4, 20
 
 
 def _binarized(count: int) -> np.ndarray:
-    with np.load(ROOT / "examples" / "data" / "mnist_subset.npz") as data:
+    with np.load(ROOT / "mcobjectives/experimental/mnist/bundled/mnist_subset.npz") as data:
         images = data["train_images"][:count].astype(np.float64) / 255.0
     rng = np.random.default_rng(0)
     return (rng.random(images.shape) < images).astype(np.float32)

@@ -13,11 +13,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mcobjectives.experimental import mnist as mnist_data
+from mcobjectives.experimental.mnist import data as mnist_data
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-SUBSET_PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "data" / "mnist_subset.npz"
+# In the package, as package data (not beside the examples): the wheel installs it.
+SUBSET_PATH = (
+    pathlib.Path(__file__).resolve().parents[1]
+    / "mcobjectives"
+    / "experimental"
+    / "mnist"
+    / "bundled"
+    / "mnist_subset.npz"
+)
 N_TRAIN, N_TEST = 5000, 1000
 
 

@@ -14,8 +14,6 @@ and checkpoints are in test_network_saving.py.
 
 from __future__ import annotations
 
-import pathlib
-
 import keras
 import numpy as np
 import pytest
@@ -24,6 +22,8 @@ import tensorflow_probability as tfp
 
 import mcobjectives as mco
 from mcobjectives import networks, sampling
+from mcobjectives.experimental import mnist
+from mcobjectives.networks.blocks import MLP
 from tests.conftest import EAGER_AND_FUNCTION, in_mode, modes
 
 tfd = tfp.distributions
@@ -39,8 +39,7 @@ NEW_LAYERS = (
 
 
 def _digits(n: int) -> np.ndarray:
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "data" / "mnist_subset.npz"
-    with np.load(path) as data:
+    with np.load(mnist.BUNDLED_PATH) as data:
         images = data["train_images"][:n].astype(np.float64) / 255.0
     return (np.random.default_rng(0).random(images.shape) < images).astype(np.float32)
 
@@ -428,7 +427,7 @@ def low_precision(request):
 
 
 def _mlps(layer) -> list:
-    return [sub for sub in layer._flatten_layers() if isinstance(sub, networks._MLP)]
+    return [sub for sub in layer._flatten_layers() if isinstance(sub, MLP)]
 
 
 def test_networks_compute_in_low_precision_and_return_float32_distributions(low_precision):

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import mcobjectives as mco
-from mcobjectives import base
+from mcobjectives.core import surrogate
 from mcobjectives.weights import log_mean_exp, normalized_weights
 from tests import reference, toy
 from tests.conftest import in_mode
@@ -74,7 +74,7 @@ def _raised_carriers(objective, sigma) -> int:
     z = mco.sampling.sample(q, objective.num_samples, seed)
     log_w = toy.make_log_joint(tf.constant(mu), tf.constant(x))(z) - q.log_prob(z)
     c = objective._coefficients(log_w)
-    carrier, _ = base._carrier_and_ratio(c.model, c.path)
+    carrier, _ = surrogate.carrier_and_ratio(c.model, c.path)
     return int(tf.reduce_sum(tf.cast(carrier != c.model, tf.int32)))
 
 
@@ -146,7 +146,7 @@ def test_the_carrier_is_the_model_coefficient_unless_too_small_to_carry_the_path
     """carrier * ratio = path exactly; a carrier differs from model only where raised."""
     model = tf.constant([[0.5], [2.0**-90], [0.0], [-(2.0**-70)], [0.0], [0.25]], tf.float32)
     path = tf.constant([[0.25], [2.0**-100], [0.125], [0.5], [0.0], [-0.5]], tf.float32)
-    carrier, ratio = base._carrier_and_ratio(model, path)
+    carrier, ratio = surrogate.carrier_and_ratio(model, path)
     np.testing.assert_array_equal(
         carrier.numpy().ravel(), [0.5, 2.0**-60, 2.0**-60, -(2.0**-60), 0.0, 0.25]
     )

@@ -238,7 +238,7 @@ def _every_objective() -> dict:
     argument that defaults to False set to True (JVI-DReG, ...)."""
     objectives = {}
     for name in mco.objective_names():
-        parameters = inspect.signature(mco.registry.OBJECTIVES[name].__init__).parameters
+        parameters = inspect.signature(mco.objectives.OBJECTIVES[name].__init__).parameters
         kwargs = {"num_outer": 2} if "num_outer" in parameters else {}
         objectives[name] = functools.partial(mco.make_objective, name, 8, **kwargs)
         for arg, parameter in parameters.items():

@@ -8,8 +8,8 @@
 * DReG(alpha=1)'s path coefficient w~ (1 - w~) for a dominant weight (w~ -> 1), where
   w~ - w~^2 rounds to 0 (float32) or to noise (float64).
 
-The objectives' `_value` and `_coefficients` (the documented hook of the contract in
-`mcobjectives.base`) are evaluated on given log weights [S, B] and compared with NumPy
+The objectives' `_value` and `_coefficients` (the documented hook of the contract of
+`mco.MCObjective`) are evaluated on given log weights [S, B] and compared with NumPy
 float64 computations from log-sum-exps, which are accurate to a few ulps; JVI's are also
 checked end to end, as gradients on the toy Gaussian. Each fix has a test showing that
 the computation it replaced fails the tolerance.

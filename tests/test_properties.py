@@ -31,7 +31,7 @@ def _every_objective(num_samples: int) -> dict[str, mco.MCObjective]:
     True (JVI-DReG, a learnable CIWAE, ...)."""
     objectives = {}
     for name in mco.objective_names():
-        parameters = inspect.signature(mco.registry.OBJECTIVES[name].__init__).parameters
+        parameters = inspect.signature(mco.objectives.OBJECTIVES[name].__init__).parameters
         kwargs = {"num_outer": 2} if "num_outer" in parameters else {}
         objectives[name] = mco.make_objective(name, num_samples, **kwargs)
         for arg, parameter in parameters.items():

@@ -1,4 +1,7 @@
-"""The README's training example runs as written and lowers its loss."""
+"""The code blocks of the README and of the guides run as written and lower their losses.
+
+The README keeps the first training example; the longer blocks live in the guide that
+explains them (docs/guides/*.md) and run here as a reader pastes them."""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+GUIDES = sorted((ROOT / "docs" / "guides").glob("*.md"))
 
 
 def test_readme_training_example_runs():
@@ -25,17 +30,28 @@ def test_readme_training_example_runs():
     assert losses[-1] < losses[0] - 50  # the same batch: the bound rises quickly
 
 
-def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+def _python_blocks() -> list[tuple[pathlib.Path, str]]:
+    """Every python block of the README and the guides, with the file it is in."""
+    return [
+        (path, block)
+        for path in (README, *GUIDES)
+        for block in re.findall(r"```python\n(.*?)```", path.read_text(), re.DOTALL)
+    ]
 
 
 def _block(marker: str) -> str:
-    """The one python block of the README that contains `marker`."""
-    (block,) = [b for b in _python_blocks() if marker in b]
+    """The one python block of the README or a guide that contains `marker`."""
+    (block,) = [b for _, b in _python_blocks() if marker in b]
     return block
 
 
-def _keras_model_namespace(num_images: int, epochs: int, tmp_path) -> tuple[dict, list[str]]:
+def _path(marker: str) -> str:
+    """The file holding the block that contains `marker`, for tracebacks."""
+    (path,) = [p for p, b in _python_blocks() if marker in b]
+    return str(path)
+
+
+def _keras_model_namespace(num_images: int, epochs: int, tmp_path) -> dict:
     """Runs the Keras block as pasted, on its first `num_images` binarized MNIST images
     (TensorFlow Datasets' prepared data) for `epochs`, saving into `tmp_path`."""
     original = _block("model.save(")
@@ -45,15 +61,15 @@ def _keras_model_namespace(num_images: int, epochs: int, tmp_path) -> tuple[dict
     ).replace('"piwae.keras"', repr(str(tmp_path / "piwae.keras")))
     assert block.count(f"take({num_images})") == 1 and "tmp" in block
     namespace: dict = {}
-    exec(compile(block, str(README), "exec"), namespace)
-    return namespace, _python_blocks()
+    exec(compile(block, _path("model.save("), "exec"), namespace)
+    return namespace
 
 
 def test_readme_keras_example_runs(tmp_path):
     """The Keras block fits MNIST, logs its metrics and saves a model that loads."""
     import keras
 
-    namespace, _ = _keras_model_namespace(100, 10, tmp_path)
+    namespace = _keras_model_namespace(100, 10, tmp_path)
     model = namespace["model"]
     history = model.history.history
     print({k: [round(v[0], 2), round(v[-1], 2)] for k, v in history.items()})
@@ -68,11 +84,11 @@ def test_readme_keras_example_runs(tmp_path):
 
 def test_readme_conv_example_trains(tmp_path):
     """The conv block (after the Keras block, as a reader runs them) trains on 200 images."""
-    namespace, _ = _keras_model_namespace(20, 1, tmp_path)
+    namespace = _keras_model_namespace(20, 1, tmp_path)
     original = _block("class ConvDecoder")
     block = original.replace("batch(20), epochs=1)", "take(200).batch(20), epochs=2, verbose=0)")
     assert block != original
-    exec(compile(block, str(README), "exec"), namespace)
+    exec(compile(block, _path("class ConvDecoder"), "exec"), namespace)
     losses = namespace["conv_model"].history.history["loss"]
     print(f"conv model epoch losses: {losses}")
     assert losses[-1] < losses[0]
@@ -80,11 +96,11 @@ def test_readme_conv_example_trains(tmp_path):
 
 def test_readme_diagnostics_example_runs(tmp_path):
     """The gradient-statistics block runs on the Keras block's model."""
-    namespace, _ = _keras_model_namespace(40, 1, tmp_path)
+    namespace = _keras_model_namespace(40, 1, tmp_path)
     original = _block("diagnostics.gradient_statistics")
     block = original.replace("num_estimates=1000", "num_estimates=8")
     assert block != original
-    exec(compile(block, str(README), "exec"), namespace)
+    exec(compile(block, _path("diagnostics.gradient_statistics"), "exec"), namespace)
     stats, variables = namespace["stats"], namespace["model"].inference_variables
     assert [s.shape for s in stats.snr] == [tuple(v.shape) for v in variables]
     assert all(np.all(np.isfinite(v)) and np.all(v >= 0) for v in stats.variance)
@@ -114,7 +130,9 @@ def _train_on_one_batch(loss_fn, variables, steps: int, seed: int) -> list[float
 def test_readme_hierarchical_example_trains_both_layers():
     """The two-layer DReG block runs, sends a gradient to all four layers, lowers its loss."""
     namespace: dict = {}
-    exec(compile(_block("def hierarchical_loss"), str(README), "exec"), namespace)
+    exec(
+        compile(_block("def hierarchical_loss"), _path("def hierarchical_loss"), "exec"), namespace
+    )
     layers = [namespace[n] for n in ("enc1", "enc2", "dec1", "dec2")]
     namespace["hierarchical_loss"](tf.zeros([1, 784]), tf.constant([0, 0]))  # builds the layers
     variables = [v for layer in layers for v in layer.trainable_variables]
@@ -127,7 +145,7 @@ def test_readme_discrete_example_trains_with_vimco():
     """The sigmoid belief net block (int32 Bernoulli latents, VIMCO) trains every variable."""
     namespace: dict = {}
     for marker in ("def hierarchical_loss", "def sbn_loss"):  # the second uses the first's imports
-        exec(compile(_block(marker), str(README), "exec"), namespace)
+        exec(compile(_block(marker), _path(marker), "exec"), namespace)
     namespace["sbn_loss"](tf.zeros([1, 784]), tf.constant([0, 0]))  # builds the layers
     variables = [
         *namespace["encoder"].trainable_variables,
@@ -158,7 +176,7 @@ def test_readme_experimental_mnist_example_runs(tmp_path):
     for size in ("num_steps=30", "test[:20]", "num_samples=64", "download=False", "result = ("):
         assert block.count(size) == 1, size
     namespace: dict = {}
-    exec(compile(block, str(README), "exec"), namespace)
+    exec(compile(block, _path("from mcobjectives.experimental import mnist"), "exec"), namespace)
     model, result = namespace["model"], namespace["result"]
     assert namespace["data"].source == "mnist-bundled-subset"
     assert int(model.optimizer.iterations) == 30

@@ -19,6 +19,8 @@ import tensorflow_probability as tfp
 
 import mcobjectives as mco
 from mcobjectives import sampling
+from mcobjectives.sampling import bits as sampling_bits
+from mcobjectives.sampling import seeds as sampling_seeds
 from tests.conftest import GRAPH_MODES, MODES, in_mode, mode_params, modes
 
 tfd = tfp.distributions
@@ -88,7 +90,7 @@ def test_standard_normal_tails_same_in_every_mode(dtype, mode, monkeypatch):
     bits = _tail_bits(dtype)
     # A captured eager tensor, not a constant: XLA would otherwise fold ndtri at compile time.
     captured = tf.convert_to_tensor(bits)
-    monkeypatch.setattr(sampling, "_uint32_bits", lambda shape, seed: tf.identity(captured))
+    monkeypatch.setattr(sampling_bits, "uint32_bits", lambda shape, seed: tf.identity(captured))
     num = bits.shape[0]
     eager = sampling.standard_normal([num], SEED, dtype).numpy()
     draws = _run(lambda: sampling.standard_normal([num], SEED, dtype), mode)
@@ -170,7 +172,7 @@ def test_standard_normal_extreme_bits_are_finite(dtype, mode, monkeypatch):
     bits = np.array([0, 0, ones, ones], np.uint32)
     bits = np.repeat(bits[:, None], 2, axis=1) if dtype == tf.float64 else bits
     captured = tf.convert_to_tensor(bits)
-    monkeypatch.setattr(sampling, "_uint32_bits", lambda shape, seed: tf.identity(captured))
+    monkeypatch.setattr(sampling_bits, "uint32_bits", lambda shape, seed: tf.identity(captured))
     draws = _run(lambda: sampling.standard_normal([4], SEED, dtype), mode)
     print(f"all-zero bits -> {draws[0]}, all-one bits -> {draws[2]}")
     assert np.all(np.isfinite(draws))
@@ -559,7 +561,7 @@ def _stream_reference(seed, counters) -> list[int]:
 def test_bits_are_splitmix64_of_the_seed(seed):
     """The draws' bits are SplitMix64 outputs 1, 2, ... keyed by the seed's two int32s,
     checked against a pure-Python SplitMix64: the stream is pinned, not only self-consistent."""
-    bits = sampling._uint32_bits([2, 3], tf.constant(seed, tf.int32)).numpy()
+    bits = sampling_bits.uint32_bits([2, 3], tf.constant(seed, tf.int32)).numpy()
     assert bits.reshape(-1).tolist() == _stream_reference(seed, range(1, 7))
 
 
@@ -567,12 +569,12 @@ def test_counters_of_draws_of_2_31_numbers_or_more_do_not_wrap():
     """K * B * D >= 2**31: the number of elements is counted in int64, and counters past
     2**31 and 2**32 give SplitMix64's outputs there (a draw that large is not run here:
     it would take 8 GiB per float32 tensor)."""
-    assert int(sampling._num_elements([2**16, 2**16])) == 2**32
-    assert int(sampling._num_elements([3, 2**15, 2**16])) == 3 * 2**31
+    assert int(sampling_bits._num_elements([2**16, 2**16])) == 2**32
+    assert int(sampling_bits._num_elements([3, 2**15, 2**16])) == 3 * 2**31
     seed = [1234, 5678]
-    key = sampling._keys(tf.constant(seed, tf.int32))
+    key = sampling_bits.seed_keys(tf.constant(seed, tf.int32))
     counters = [1, 2**31 - 1, 2**31, 2**31 + 1, 2**32 - 1, 2**32, 2**32 + 1, 3 * 2**31, 2**40]
-    bits = sampling._stream_bits(key, tf.constant(counters, tf.int64)).numpy()
+    bits = sampling_bits._stream_bits(key, tf.constant(counters, tf.int64)).numpy()
     assert bits.tolist() == _stream_reference(seed, counters)
     assert len(set(bits.tolist())) == len(counters)
 
@@ -633,7 +635,7 @@ def test_seeds_outside_the_int32_range_give_streams_of_their_own():
         assert sampling.stateless_seed(low_bits).numpy().tolist() == low_bits
     # A thousand seeds differing only above bit 31 give a thousand different seeds.
     many = tf.constant([[i * 2**32 + 7, 11] for i in range(1, 1001)], tf.int64)
-    assert len({tuple(s) for s in sampling._int32_seeds(many).numpy().tolist()}) == 1000
+    assert len({tuple(s) for s in sampling_seeds._int32_seeds(many).numpy().tolist()}) == 1000
     np.testing.assert_raises(
         AssertionError,
         np.testing.assert_array_equal,
@@ -660,12 +662,12 @@ def test_wide_seeds_same_in_every_mode(mode):
     """The hash of a seed outside the int32 range is integer arithmetic: the same seed and
     random bits eagerly, in tf.function and under XLA, also from a symbolic int64 tensor."""
     wide = tf.constant(_WIDE_SEEDS, tf.int64)
-    eager = sampling._int32_seeds(wide).numpy()
-    fn = in_mode(lambda s: sampling._int32_seeds(s), mode)
+    eager = sampling_seeds._int32_seeds(wide).numpy()
+    fn = in_mode(lambda s: sampling_seeds._int32_seeds(s), mode)
     np.testing.assert_array_equal(fn(wide).numpy(), eager)
-    bits = in_mode(lambda s: sampling._uint32_bits([5], sampling.stateless_seed(s)), mode)
+    bits = in_mode(lambda s: sampling_bits.uint32_bits([5], sampling.stateless_seed(s)), mode)
     np.testing.assert_array_equal(
-        bits(wide[0]).numpy(), sampling._uint32_bits([5], tf.constant(eager[0])).numpy()
+        bits(wide[0]).numpy(), sampling_bits.uint32_bits([5], tf.constant(eager[0])).numpy()
     )
 
 

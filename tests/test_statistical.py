@@ -130,12 +130,12 @@ class _Reinforce(mco.MCObjective):
         super().__init__(num_samples, name=name)
 
     def _value(self, log_weights):
-        return mco.log_mean_exp(log_weights)
+        return mco.weights.log_mean_exp(log_weights)
 
     def _coefficients(self, log_weights):
-        normalized = mco.normalized_weights(log_weights)
+        normalized = mco.weights.normalized_weights(log_weights)
         return mco.Coefficients(
-            model=normalized, path=None, score=mco.log_mean_exp(log_weights) - normalized
+            model=normalized, path=None, score=mco.weights.log_mean_exp(log_weights) - normalized
         )
 
 

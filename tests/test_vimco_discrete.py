@@ -10,7 +10,7 @@
   1e-10 relative in float64 in every mode.
 * VIMCO's coefficients of float32 log weights near -1e4 (with a dominant weight and
   an outlier) equal the same coefficients computed in 60-digit decimal arithmetic to
-  2e-5 of their own size (the documented `_coefficients` hook of `mcobjectives.base`).
+  2e-5 of their own size (the documented `_coefficients` hook of `mcobjectives.MCObjective`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The subset is the offline fallback of `mcobjectives.experimental.mnist.load_mnist`. It is read
 from a TFDS data directory in which `mnist` has been prepared, in TFDS order, so the result is
-deterministic:
+deterministic. It is written, by default, where the package reads it (package data of
+`mcobjectives.experimental.mnist`, `bundled/mnist_subset.npz`):
 
     python examples/data/make_mnist_subset.py --data_dir /path/to/tensorflow_datasets
 
@@ -19,7 +20,9 @@ import pathlib
 
 import numpy as np
 
-_DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "mnist_subset.npz"
+# The package data of mcobjectives.experimental.mnist, which `load_mnist` falls back to.
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
+_DEFAULT_OUT = _ROOT / "mcobjectives" / "experimental" / "mnist" / "bundled" / "mnist_subset.npz"
 
 
 def _first_images(split: str, count: int, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
