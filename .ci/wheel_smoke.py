@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import pathlib
 import pkgutil
@@ -46,16 +47,19 @@ def _check_installed(checkout: pathlib.Path | None) -> None:
 
 
 def _load_offline(data_dir: str):
-    """The bundled subset, through the fallback of a data_dir in which nothing is prepared."""
+    """The bundled subset, through the fallback of a plain install (no TensorFlow Datasets)."""
+    del data_dir  # without TFDS there is no data folder to read
     from mcobjectives.experimental import mnist
 
     assert "TFDS_DATA_DIR" not in os.environ, "the smoke must run without TFDS_DATA_DIR"
+    assert importlib.util.find_spec("tensorflow_datasets") is None, "a plain install has no TFDS"
     assert _is_within(pathlib.Path(str(mnist.BUNDLED_PATH)), pathlib.Path(sys.prefix))
     banner: list[str] = []
-    data = mnist.load_mnist("mnist", data_dir=data_dir, download=False, log=banner.append)
+    data = mnist.load_mnist("mnist", log=banner.append)
     assert data.source == mnist.BUNDLED_SOURCE, data.source
     assert data.train.shape == (5000, 784) and data.test.shape == (1000, 784)
     assert "BUNDLED SUBSET" in "\n".join(banner)
+    assert "TensorFlow Datasets is not installed" in "\n".join(banner)
     print(f"offline fallback: {data.train.shape[0]} train / {data.test.shape[0]} test images")
     return data
 

@@ -21,21 +21,13 @@ from mcobjectives.estimation.log_marginal import log_marginal_estimate
 from mcobjectives.keras.model import ImportanceWeightedAutoencoder
 from mcobjectives.keras.saving import load_model
 from mcobjectives.keras.train_step import make_train_step
-from mcobjectives.objectives import (
-    CIWAE,
-    IWAE,
-    JVI,
-    MIWAE,
-    PIWAE,
-    RWS,
-    STL,
-    VAE,
-    VIMCO,
-    VRIWAE,
-    DReG,
-    make_objective,
-    objective_names,
-)
+from mcobjectives.objectives.dreg import STL, DReG
+from mcobjectives.objectives.iwae import CIWAE, IWAE, MIWAE, PIWAE, VAE
+from mcobjectives.objectives.jvi import JVI
+from mcobjectives.objectives.registry import make_objective, objective_names
+from mcobjectives.objectives.rws import RWS
+from mcobjectives.objectives.vimco import VIMCO
+from mcobjectives.objectives.vriwae import VRIWAE
 
 __all__ = [
     "CIWAE",

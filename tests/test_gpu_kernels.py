@@ -39,6 +39,7 @@ from tensorflow.python.framework import kernels, op_def_registry
 
 import mcobjectives as mco
 from mcobjectives import diagnostics, networks
+from mcobjectives.diagnostics import gradients as diagnostics_gradients
 
 tfd = tfp.distributions
 
@@ -164,7 +165,7 @@ def traced_graphs(kind: str) -> dict:
     estimator = diagnostics.make_gradient_estimator(
         lambda s: model.objective_result(x, seed=s), model.trainable_variables
     )
-    chunk = diagnostics._sampler(estimator, None, jit_compile=False)._draw
+    chunk = diagnostics_gradients._sampler(estimator, None, jit_compile=False)._draw
     concrete = {
         "train_step": step.get_concrete_function(x),
         "keras_train_step": tf.function(model.train_step).get_concrete_function(x),

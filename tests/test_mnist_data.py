@@ -222,11 +222,19 @@ def test_bad_dataset_name(monkeypatch, bad):
         mnist_data.load_mnist(bad)
 
 
-def test_without_tensorflow_datasets_the_error_names_the_extra(monkeypatch):
-    """TFDS is imported by load_mnist alone; without it, the error says what to install."""
+def test_without_tensorflow_datasets_the_bundled_subset_loads_and_the_banner_names_the_extra(
+    monkeypatch,
+):
+    """TFDS is imported by load_mnist alone; without it (a plain install of the wheel) the
+    bundled subset loads, loudly, and the banner says what to install for the full data."""
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # `import` now fails
-    with pytest.raises(ImportError, match=r"mcobjectives\[examples\]"):
-        mnist_data.load_mnist("mnist")
+    banners = []
+    data = mnist_data.load_mnist("mnist", log=banners.append)
+    assert data.source == mnist_data.BUNDLED_SOURCE
+    assert data.train.shape == (5000, 784) and data.test.shape == (1000, 784)
+    assert len(banners) == 1
+    assert "TensorFlow Datasets is not installed" in banners[0]
+    assert "mcobjectives[examples]" in banners[0]
 
 
 def test_the_bundled_path_is_the_subset_file():

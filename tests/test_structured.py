@@ -464,7 +464,7 @@ def test_hierarchical_closed_form_kl_is_zero_for_the_exact_posterior():
 @modes(
     *MODES,
     slow=("xla",),
-    reason="log_marginal_estimate's chunk loop runs under XLA in tests/test_evaluation.py, "
+    reason="log_marginal_estimate's chunk loop runs under XLA in tests/test_log_marginal.py, "
     "and a joint q under XLA in the replay test above",
 )
 def test_log_marginal_estimate_of_the_exact_posterior_is_log_px_to_1e_10(mode):

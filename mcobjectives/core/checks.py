@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from collections.abc import Mapping
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -29,6 +30,7 @@ __all__ = [
     "flat_shapes",
     "is_joint",
     "leaf_names",
+    "leaf_paths",
     "log_prob",
     "per_leaf",
     "with_assertion",
@@ -86,6 +88,26 @@ def leaf_names(q) -> list[str]:
     # tf.nest orders dict leaves by sorted key, JointDistributionNamed by its model.
     order = tf.nest.flatten(_compat.model_unflatten(q, list(range(len(flat)))))
     return [flat[i] for i in order]
+
+
+def leaf_paths(structure, count: int) -> list[str]:
+    """A name per leaf ("z1", "0", "layer/z2"), in `tf.nest.flatten` order."""
+
+    def walk(item, prefix):
+        if isinstance(item, Mapping):
+            for key in sorted(item):  # tf.nest's order
+                yield from walk(item[key], [*prefix, str(key)])
+        elif isinstance(item, tuple) and hasattr(item, "_fields"):
+            for key, value in zip(item._fields, item, strict=True):
+                yield from walk(value, [*prefix, key])
+        elif isinstance(item, (list, tuple)):
+            for index, value in enumerate(item):
+                yield from walk(value, [*prefix, str(index)])
+        else:
+            yield "/".join(prefix)
+
+    paths = list(walk(structure, []))
+    return paths if len(paths) == count else [str(i) for i in range(count)]
 
 
 def flat_shapes(structure) -> list:

@@ -58,7 +58,6 @@ References:
 from mcobjectives.diagnostics.gradients import (
     GradientEstimator,
     GradientStatistics,
-    _sampler,  # noqa: F401  (used by tests/test_gpu_kernels.py)
     gradient_estimates,
     gradient_statistics,
     make_gradient_estimator,

@@ -21,7 +21,6 @@ from mcobjectives.diagnostics.signal_to_noise import (
     snr,
     unit,
 )
-from mcobjectives.estimation.activity import leaf_paths
 from mcobjectives.sampling import stateless_seed
 
 __all__ = [
@@ -310,7 +309,7 @@ def gradient_statistics(
             if dsnr_direction is not None and not own_mean:
                 directions = _as_leaves("dsnr_direction", dsnr_direction, len(chunk))
                 _check_shapes("dsnr_direction", directions, shapes)
-                labels = leaf_paths(sampler.structure, len(chunk))
+                labels = checks.leaf_paths(sampler.structure, len(chunk))
                 units = [
                     unit(d, f"`dsnr_direction` ({leaf_label(p)})")
                     for d, p in zip(directions, labels, strict=True)
@@ -318,9 +317,11 @@ def gradient_statistics(
             if true_gradient is not None:
                 truth = _as_leaves("true_gradient", true_gradient, len(chunk))
                 _check_shapes("true_gradient", truth, shapes)
-                for t, p in zip(truth, leaf_paths(sampler.structure, len(chunk)), strict=True):
+                for t, p in zip(
+                    truth, checks.leaf_paths(sampler.structure, len(chunk)), strict=True
+                ):
                     check_finite(t, f"`true_gradient` ({leaf_label(p)})")
-        paths = leaf_paths(sampler.structure, len(chunk))
+        paths = checks.leaf_paths(sampler.structure, len(chunk))
         check_finite_estimates("estimator", chunk, paths, start, num_estimates)
         if reference is not None:
             check_finite_estimates("reference", drawn[1], paths, start, num_estimates)

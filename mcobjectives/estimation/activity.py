@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from mcobjectives.core import checks
 
-__all__ = ["active_units", "leaf_paths"]
+__all__ = ["active_units"]
 
 
 def active_units(posterior_means, threshold: float = 1e-2):
@@ -44,29 +44,9 @@ def active_units(posterior_means, threshold: float = 1e-2):
         raise ValueError("`posterior_means` is an empty structure: give one [N, D] per leaf.")
     counts = [
         _active_units(leaf, threshold, f"Leaf '{path}' of `posterior_means`")
-        for path, leaf in zip(leaf_paths(posterior_means, len(leaves)), leaves, strict=True)
+        for path, leaf in zip(checks.leaf_paths(posterior_means, len(leaves)), leaves, strict=True)
     ]
     return tf.nest.pack_sequence_as(posterior_means, counts)
-
-
-def leaf_paths(structure, count: int) -> list[str]:
-    """A name per leaf ("z1", "0", "layer/z2"), in `tf.nest.flatten` order."""
-
-    def walk(item, prefix):
-        if isinstance(item, Mapping):
-            for key in sorted(item):  # tf.nest's order
-                yield from walk(item[key], [*prefix, str(key)])
-        elif isinstance(item, tuple) and hasattr(item, "_fields"):
-            for key, value in zip(item._fields, item, strict=True):
-                yield from walk(value, [*prefix, key])
-        elif isinstance(item, (list, tuple)):
-            for index, value in enumerate(item):
-                yield from walk(value, [*prefix, str(index)])
-        else:
-            yield "/".join(prefix)
-
-    paths = list(walk(structure, []))
-    return paths if len(paths) == count else [str(i) for i in range(count)]
 
 
 def _is_structure(value) -> bool:

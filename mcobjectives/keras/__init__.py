@@ -1,7 +1,8 @@
 """The Keras 3 adapter: `ImportanceWeightedAutoencoder`, its train step, saving and loading.
 
-Every import of Keras in the library, but the layers of `mcobjectives.networks`, is
-in this package. Its public names are spelled at the top level,
+Every import of Keras in the library is in this package, but for the layers of
+`mcobjectives.networks`, the model builders of `mcobjectives.experimental.mnist`, and the
+private Keras names of `mcobjectives._compat`. Its public names are spelled at the top level,
 `mcobjectives.ImportanceWeightedAutoencoder`, `mcobjectives.make_train_step` and
 `mcobjectives.load_model`, and the checks of saved files here, in
 `mcobjectives.keras.saving` (`ModelFileError`, `check_weights_file`,

@@ -134,7 +134,8 @@ class ImportanceWeightedAutoencoder(ModelSaving, keras.Model):
       seed: an int, the stateless seed from which every step's samples are drawn.
       max_nonfinite_steps: the number of consecutive skipped (non-finite) steps after
         which training stops with an error (default 5).
-      name, **kwargs: passed to `keras.Model`.
+      name: the model's name.
+      **kwargs: passed to `keras.Model`.
     """
 
     def __init__(

@@ -90,7 +90,7 @@ class ModelSaving:
         if len(keys) != len(variables):
             trainable = [v.name for v in self._trainable_variables]
             error = saving.ModelFileError(
-                saving._describe_mismatch(
+                saving.describe_mismatch(
                     {f"vars/{k}": () for k in keys},
                     {f"vars/{i}": () for i in range(len(variables))},
                     [v.name for v in variables],
@@ -98,13 +98,13 @@ class ModelSaving:
                 )
                 + "."
             )
-            saving._record_error(error)
+            saving.record_error(error)
             raise error
         values = [np.asarray(store[str(i)]) for i in range(len(variables))]
         try:
-            saving._check_own_values(values, variables, "The saved weights")
+            saving.check_own_values(values, variables, "The saved weights")
         except saving.ModelFileError as error:
-            saving._record_error(error)
+            saving.record_error(error)
             raise
         super().load_own_variables(store)
 
@@ -128,9 +128,9 @@ class ModelSaving:
         handle = None
         try:
             if local and path.endswith(".keras"):
-                _, data = saving._read_archive(path)
+                _, data = saving.read_archive(path)
                 if data is not None:
-                    saving._check_h5_bytes(data, path, f"{path!r}: its weights member")
+                    saving.check_h5_bytes(data, path, f"{path!r}: its weights member")
                     handle = h5py.File(io.BytesIO(data), "r")
             elif local and path.endswith(".weights.h5"):
                 saving.check_weights_file(path)
@@ -139,9 +139,9 @@ class ModelSaving:
                 variables = self._own_variables()
                 mismatch = None
                 if not skip_mismatch:
-                    mismatch = saving._describe_mismatch(
-                        saving._h5_layout(handle),
-                        saving._model_layout(self),
+                    mismatch = saving.describe_mismatch(
+                        saving.h5_layout(handle),
+                        saving.model_layout(self),
                         [v.name for v in variables],
                         [v.name for v in self._trainable_variables],
                     )
@@ -149,15 +149,15 @@ class ModelSaving:
                     raise saving.ModelFileError(
                         f"{where} does not fit this model, nothing was loaded: {mismatch}."
                     )
-                saving._check_own_values(saving._own_values(handle), variables, where)
+                saving.check_own_values(saving.own_values(handle), variables, where)
         finally:
             if handle is not None:
                 handle.close()
-        saving._record_error(None)
+        saving.record_error(None)
         try:
             super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
         except (ValueError, OSError, KeyError) as error:
-            raise saving._wrapped_error(error, where) from error
+            raise saving.wrapped_error(error, where) from error
 
     def check_finite_weights(self) -> None:
         """Raises a ValueError naming every weight that a sound model cannot hold.

@@ -50,6 +50,8 @@ import keras
 import numpy as np
 
 __all__ = ["ModelFileError", "check_model_file", "check_weights_file", "load_model"]
+# The file-reading helpers without an underscore (read_archive, h5_layout, own_values, ...)
+# are shared with the model's own saving hooks (keras/model_saving.py), not public API.
 
 CONFIG_MEMBER = "config.json"
 WEIGHTS_MEMBER = "model.weights.h5"
@@ -101,7 +103,7 @@ _DAMAGED = (
 
 
 # ------------------------------------------------------------------ HDF5 weights
-def _check_h5_bytes(data: bytes | None, path: str, where: str) -> None:
+def check_h5_bytes(data: bytes | None, path: str, where: str) -> None:
     """Checks that the HDF5 weights (bytes, or the file `path` when None) are readable."""
     head = data[:8] if data is not None else _read_head(path)
     if head != _HDF5_SIGNATURE:
@@ -147,7 +149,7 @@ def _check_h5_contents(handle: h5py.File, where: str) -> None:
             )
 
 
-def _h5_layout(handle: h5py.File) -> dict[str, tuple[int, ...]]:
+def h5_layout(handle: h5py.File) -> dict[str, tuple[int, ...]]:
     """{path: shape} of every variable in a Keras weights file, the optimizer's left out."""
     layout: dict[str, tuple[int, ...]] = {}
 
@@ -167,7 +169,7 @@ def check_weights_file(filepath) -> None:
     """
     path = _path(filepath)
     _require_file(path)
-    _check_h5_bytes(None, path, f"The weights file {path!r}")
+    check_h5_bytes(None, path, f"The weights file {path!r}")
 
 
 # ------------------------------------------------------------------ .keras archives
@@ -192,7 +194,7 @@ def _open_archive(path: str) -> zipfile.ZipFile:
     return archive
 
 
-def _read_archive(filepath) -> tuple[dict, bytes | None]:
+def read_archive(filepath) -> tuple[dict, bytes | None]:
     """(config dict, the bytes of `model.weights.h5` or None) of a checked `.keras` file."""
     path = _path(filepath)
     _require_file(path)
@@ -261,7 +263,7 @@ def check_model_file(filepath, custom_objects: dict[str, Any] | None = None) -> 
     and hold no NaN).
     """
     path = _path(filepath)
-    config, weights = _read_archive(path)
+    config, weights = read_archive(path)
     saved = _saved_class(config)
     if not _is_our_model(saved, custom_objects):
         raise ModelFileError(
@@ -270,7 +272,7 @@ def check_model_file(filepath, custom_objects: dict[str, Any] | None = None) -> 
             f"{_MODEL_CLASS}.save wrote."
         )
     if weights is not None:
-        _check_h5_bytes(weights, path, f"{path!r}: its member {WEIGHTS_MEMBER!r}")
+        check_h5_bytes(weights, path, f"{path!r}: its member {WEIGHTS_MEMBER!r}")
 
 
 def load_model(
@@ -299,7 +301,7 @@ def load_model(
             path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
         )
     except Exception as error:
-        raise _wrapped_error(error, f"{path!r}") from error
+        raise wrapped_error(error, f"{path!r}") from error
     return model
 
 
@@ -309,12 +311,12 @@ def load_model(
 _RECORDED = threading.local()
 
 
-def _record_error(error: ModelFileError | None) -> None:
-    """Records an error of the model's `load_own_variables` for `_wrapped_error`."""
+def record_error(error: ModelFileError | None) -> None:
+    """Records an error of the model's `load_own_variables` for `wrapped_error`."""
     _RECORDED.error = error
 
 
-def _wrapped_error(error: Exception, where: str) -> ModelFileError:
+def wrapped_error(error: Exception, where: str) -> ModelFileError:
     """A `ModelFileError` naming `where`, from our own error (or the one recorded while
     Keras loaded, which Keras reports inside its own) or else from Keras's."""
     recorded = getattr(_RECORDED, "error", None)
@@ -327,16 +329,16 @@ def _wrapped_error(error: Exception, where: str) -> ModelFileError:
 
 
 # ------------------------------------------------------------------ weights of a model
-def _model_layout(model: keras.Model) -> dict[str, tuple[int, ...]]:
+def model_layout(model: keras.Model) -> dict[str, tuple[int, ...]]:
     """{path: shape} of the variables `model.save_weights` would write (optimizer left out)."""
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "layout.weights.h5")
         keras.Model.save_weights(model, path)
         with h5py.File(path, "r") as handle:
-            return _h5_layout(handle)
+            return h5_layout(handle)
 
 
-def _describe_mismatch(
+def describe_mismatch(
     saved: dict[str, tuple[int, ...]],
     own: dict[str, tuple[int, ...]],
     own_names: list[str],
@@ -396,7 +398,7 @@ def _describe_mismatch(
     return "; ".join(parts) or None
 
 
-def _own_values(handle: h5py.File) -> list[np.ndarray]:
+def own_values(handle: h5py.File) -> list[np.ndarray]:
     """The values of the model's own variables in a weights file ("vars/0", ...)."""
     if "vars" not in handle:
         return []
@@ -404,7 +406,7 @@ def _own_values(handle: h5py.File) -> list[np.ndarray]:
     return [np.asarray(group[str(i)][()]) for i in range(len(group))]
 
 
-def _check_own_values(values, variables, where: str) -> None:
+def check_own_values(values, variables, where: str) -> None:
     """Refuses a non-finite value of a floating variable of the model itself, naming it.
 
     These are the objective's variables (a learnable CIWAE's `beta_logit`): a NaN or

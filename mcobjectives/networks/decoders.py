@@ -63,7 +63,8 @@ class BernoulliDecoder(keras.layers.Layer):
         already predicts the average image.
       latent: None if z is a single tensor; else the key (or index) of the leaf of z
         to read.
-      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
+      name: the layer's name.
+      **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(

@@ -58,7 +58,8 @@ class GaussianEncoder(DiagonalGaussian):
       hidden_units: widths of the hidden layers ((200, 200) in Burda et al.).
       activation: the hidden units' activation ("tanh" in Burda et al.).
       min_scale: a floor on sigma, for numerical safety.
-      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
+      name: the layer's name.
+      **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(
@@ -124,7 +125,8 @@ class TwoLayerGaussianEncoder(keras.layers.Layer):
         ((200, 200), (100, 100)) in Burda et al.
       activation: the hidden units' activation ("tanh" in Burda et al.).
       min_scale: a floor on sigma, for numerical safety.
-      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
+      name: the layer's name.
+      **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(
@@ -199,7 +201,8 @@ class TwoLayerGaussianPrior(keras.layers.Layer):
       hidden_units: hidden widths of p(z1|z2); (100, 100) in Burda et al.
       activation: the hidden units' activation ("tanh" in Burda et al.).
       min_scale: a floor on sigma, for numerical safety.
-      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
+      name: the layer's name.
+      **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(

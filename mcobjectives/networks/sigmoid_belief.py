@@ -58,7 +58,8 @@ class SigmoidBeliefEncoder(keras.layers.Layer):
       latent_sizes: binary units per layer, z1 first: (200, 200), or (200,) for one.
       hidden_units: hidden widths of every conditional's MLP; () for linear-sigmoid.
       activation: the hidden units' activation, when there are hidden units.
-      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
+      name: the layer's name.
+      **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(
@@ -131,7 +132,8 @@ class SigmoidBeliefPrior(keras.layers.Layer):
       latent_sizes: binary units per layer, z1 first: (200, 200), or (200,) for one.
       hidden_units: hidden widths of p(z1|z2)'s MLP; () for linear-sigmoid.
       activation: the hidden units' activation, when there are hidden units.
-      name, **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
+      name: the layer's name.
+      **kwargs: passed to `keras.layers.Layer` (e.g. `dtype`, `trainable`).
     """
 
     def __init__(

@@ -6,31 +6,10 @@
   `objectives.vriwae`: `VRIWAE`;
 * `objectives.registry`: `OBJECTIVES` (name -> class), `make_objective`, `objective_names`.
 
-The classes and `make_objective`, `objective_names` are also `mcobjectives.X`;
-`mcobjectives.objectives.OBJECTIVES` is the registry itself.
+The classes, `make_objective` and `objective_names` are spelled `mcobjectives.X`, their one
+public spelling; `mcobjectives.objectives.OBJECTIVES` is the registry itself.
 """
 
-from mcobjectives.objectives.dreg import STL, DReG
-from mcobjectives.objectives.iwae import CIWAE, IWAE, MIWAE, PIWAE, VAE
-from mcobjectives.objectives.jvi import JVI
-from mcobjectives.objectives.registry import OBJECTIVES, make_objective, objective_names
-from mcobjectives.objectives.rws import RWS
-from mcobjectives.objectives.vimco import VIMCO
-from mcobjectives.objectives.vriwae import VRIWAE
+from mcobjectives.objectives.registry import OBJECTIVES
 
-__all__ = [
-    "CIWAE",
-    "IWAE",
-    "JVI",
-    "MIWAE",
-    "OBJECTIVES",
-    "PIWAE",
-    "RWS",
-    "STL",
-    "VAE",
-    "VIMCO",
-    "VRIWAE",
-    "DReG",
-    "make_objective",
-    "objective_names",
-]
+__all__ = ["OBJECTIVES"]

@@ -73,14 +73,11 @@ class MnistData(NamedTuple):
 
 
 def _import_tfds():
+    """TensorFlow Datasets, or None where it is not installed (a plain install of the wheel)."""
     try:
         import tensorflow_datasets
-    except ImportError as error:
-        raise ImportError(
-            "mcobjectives.experimental.mnist.load_mnist reads MNIST with TensorFlow Datasets, "
-            'which is not installed: pip install "mcobjectives[examples]" (or '
-            f"tensorflow-datasets). ({error})"
-        ) from error
+    except ImportError:
+        return None
     return tensorflow_datasets
 
 
@@ -200,20 +197,25 @@ def load_mnist(
     Returns:
         An `MnistData` of float32 [N, 784] images in [0, 1]. From TFDS: `source` is `dataset` and
         `binarized` is True for "binarized_mnist". When TFDS cannot provide the data (not
-        prepared and `download` False, host unreachable, download failed, or prepared files
-        that cannot be read -- truncated or corrupted records, garbage metadata -- which are
-        treated as absent, not re-downloaded over): the bundled subset
+        installed, not prepared and `download` False, host unreachable, download failed, or
+        prepared files that cannot be read -- truncated or corrupted records, garbage
+        metadata -- which are treated as absent, not re-downloaded over): the bundled subset
         of real MNIST (5000 train / 1000 test, `BUNDLED_PATH`) as grey levels, with `source`
         "mnist-bundled-subset" and `binarized` False, whichever `dataset` was asked for.
 
     Raises:
         ValueError: if `dataset` is not one of the two names above.
-        ImportError: if TensorFlow Datasets is not installed.
         FileNotFoundError: if the fallback is needed and the bundled file is missing.
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     tfds = _import_tfds()
+    if tfds is None:
+        reason = (
+            'TensorFlow Datasets is not installed (pip install "mcobjectives[examples]", or '
+            "tensorflow-datasets, reads the full data)"
+        )
+        return _load_bundled(dataset, reason, log)
     builder = None
     try:
         builder = tfds.builder(dataset, data_dir=data_dir)
