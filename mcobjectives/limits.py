@@ -52,9 +52,12 @@ import numbers
 import os
 import re
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import tensorflow as tf
+
+if TYPE_CHECKING:  # for annotations only: limits is imported before TFP is needed
+    import tensorflow_probability as tfp
 
 from mcobjectives.core import checks
 
@@ -193,7 +196,7 @@ def sample_memory_limit() -> float | int:
 
 
 @tf.autograph.experimental.do_not_convert
-def set_sample_memory_limit(limit) -> float | int:
+def set_sample_memory_limit(limit: int | float | str | None) -> float | int:
     """Sets the limit for the rest of the process; returns the previous one.
 
     Args:
@@ -273,7 +276,12 @@ def _how_to_raise() -> str:
 
 @tf.autograph.experimental.do_not_convert
 def check_memory(
-    num_bytes: int, *, argument: str, value, what: str = "the samples", fix: str | None = None
+    num_bytes: int,
+    *,
+    argument: str,
+    value: object,
+    what: str = "the samples",
+    fix: str | None = None,
 ) -> None:
     """Refuses `num_bytes` of tensors over `sample_memory_limit()`, naming `argument`.
 
@@ -305,7 +313,11 @@ def check_memory(
 
 @tf.autograph.experimental.do_not_convert
 def check_sample_memory(
-    q, num_samples: int, *, argument: str = "num_samples", fix: str | None = None
+    q: tfp.distributions.Distribution,
+    num_samples: int,
+    *,
+    argument: str = "num_samples",
+    fix: str | None = None,
 ) -> int:
     """Refuses `num_samples` draws of `q` whose sample tensors would exceed the limit.
 

@@ -234,7 +234,7 @@ def _check_shapes(name: str, leaves: list[np.ndarray], shapes: list[tuple]) -> N
 def gradient_statistics(
     estimator: GradientEstimator,
     num_estimates: int,
-    seed,
+    seed: int | Sequence[int] | np.ndarray | tf.Tensor,
     *,
     chunk_size: int = 256,
     reference: GradientEstimator | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def snr(mean, variance) -> np.ndarray:
     return ratio(mean, np.sqrt(variance))
 
 
-def directional_snr(estimates, direction) -> tuple[float, tuple[float, float]]:
+def directional_snr(estimates: Any, direction: Any) -> tuple[float, tuple[float, float]]:
     """The DSNR of given estimates along a direction, and the quartiles of its ratios.
 
     With u = direction / ||direction||, each estimate Delta splits into Delta_par =

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -12,7 +13,7 @@ from mcobjectives.core import checks
 __all__ = ["active_units"]
 
 
-def active_units(posterior_means, threshold: float = 1e-2):
+def active_units(posterior_means: Any, threshold: float = 1e-2) -> tf.Tensor | Any:
     """The number of active latent units (Burda et al. 2016, section 5.2).
 
     Unit i is active if A_i = Cov_x(E_{q(z|x)}[z_i]) > `threshold` (1e-2 in the paper):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -57,7 +59,7 @@ def estimate_seed(seed) -> tf.Tensor:
 def log_marginal_estimate(
     q: tfd.Distribution,
     log_joint: LogJoint,
-    seed,
+    seed: int | Sequence[int] | np.ndarray | tf.Tensor,
     num_samples: int = 5000,
     chunk_size: int = 500,
     validate_args: bool = False,

@@ -208,7 +208,9 @@ class ImportanceWeightedAutoencoder(ModelSaving, keras.Model):
         """
         return model_log_joint(self.decoder, self.prior, x, context, training)
 
-    def objective_result(self, data, seed=None, training: bool = False) -> ObjectiveResult:
+    def objective_result(
+        self, data: Any, seed: Any = None, training: bool = False
+    ) -> ObjectiveResult:
         """The objective on one batch: an `ObjectiveResult` (loss, bound, log weights, ESS).
 
         Args:
@@ -384,7 +386,7 @@ class ImportanceWeightedAutoencoder(ModelSaving, keras.Model):
 
     # ------------------------------------------------------------- evaluation
     def log_marginal(
-        self, data, seed, num_samples: int = 5000, chunk_size: int = 500,
+        self, data: Any, seed: Any, num_samples: int = 5000, chunk_size: int = 500,
         jit_compile: bool | str = "auto",
     ) -> tf.Tensor:  # fmt: skip
         """log p^(x) per data point ([B]): the IWAE bound with `num_samples`, chunked.

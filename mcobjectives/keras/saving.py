@@ -280,7 +280,7 @@ def load_model(
     custom_objects: dict[str, Any] | None = None,
     compile: bool = True,
     safe_mode: bool = True,
-):
+) -> keras.Model:
     """Loads an `ImportanceWeightedAutoencoder` saved with `model.save("name.keras")`.
 
     `keras.models.load_model` after `check_model_file`: a damaged file (truncated, a

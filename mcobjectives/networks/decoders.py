@@ -10,6 +10,7 @@ layer next to the data (`latent="z1"`):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -75,7 +76,7 @@ class BernoulliDecoder(keras.layers.Layer):
         mean_pixel: np.ndarray | Sequence[float] | None = None,
         latent: str | int | None = None,
         name: str = "decoder",
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
         self.event_size = check_count("event_size", event_size)

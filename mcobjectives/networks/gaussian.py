@@ -18,6 +18,7 @@ units between x and z1 and two of 100 units between z1 and z2, in both networks:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -69,7 +70,7 @@ class GaussianEncoder(DiagonalGaussian):
         activation: str = "tanh",
         min_scale: float = 1e-4,
         name: str = "encoder",
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(latent_size, hidden_units, activation, min_scale, name=name, **kwargs)
 
@@ -95,7 +96,7 @@ class GaussianPrior(DiagonalGaussian):
         activation: str = "tanh",
         min_scale: float = 1e-4,
         name: str = "prior",
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(latent_size, hidden_units, activation, min_scale, name=name, **kwargs)
 
@@ -136,7 +137,7 @@ class TwoLayerGaussianEncoder(keras.layers.Layer):
         activation: str = "tanh",
         min_scale: float = 1e-4,
         name: str = "encoder",
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
         self.latent_sizes = check_latent_sizes(latent_sizes, (2,))
@@ -212,7 +213,7 @@ class TwoLayerGaussianPrior(keras.layers.Layer):
         activation: str = "tanh",
         min_scale: float = 1e-4,
         name: str = "prior",
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
         self.latent_sizes = check_latent_sizes(latent_sizes, (2,))

@@ -12,6 +12,7 @@ estimators (NVIL, VIMCO; RWS, Bornschein & Bengio 2015) train it:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -68,7 +69,7 @@ class SigmoidBeliefEncoder(keras.layers.Layer):
         hidden_units: Sequence[int] = (),
         activation: str = "tanh",
         name: str = "encoder",
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
         self.latent_sizes = check_latent_sizes(latent_sizes, (1, 2))
@@ -142,7 +143,7 @@ class SigmoidBeliefPrior(keras.layers.Layer):
         hidden_units: Sequence[int] = (),
         activation: str = "tanh",
         name: str = "prior",
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
         self.latent_sizes = check_latent_sizes(latent_sizes, (1, 2))

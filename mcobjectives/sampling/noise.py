@@ -7,6 +7,8 @@ bits of `ndtri`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import tensorflow as tf
 
@@ -67,7 +69,11 @@ def _check_shape(shape):
     return list(shape)
 
 
-def standard_normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
+def standard_normal(
+    shape: Sequence[int] | tf.TensorShape | tf.Tensor,
+    seed: int | Sequence[int] | np.ndarray | tf.Tensor,
+    dtype: tf.DType = tf.float32,
+) -> tf.Tensor:
     """Standard normal noise of `shape` that is identical with and without XLA.
 
     Args:

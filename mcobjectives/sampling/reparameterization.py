@@ -7,6 +7,9 @@ own `sample`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -131,7 +134,9 @@ def _sample_sampler(d: tfd.Sample):
     return sample_of
 
 
-def sample(q: tfd.Distribution, num_samples: int, seed):
+def sample(
+    q: tfd.Distribution, num_samples: int, seed: int | Sequence[int] | np.ndarray | tf.Tensor
+) -> Any:
     """Draws `num_samples` reparameterized samples of `q`, shape [num_samples, *batch, *event].
 
     The objectives draw their samples with this function, so calling it with the same
