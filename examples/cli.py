@@ -80,6 +80,13 @@ flags.DEFINE_bool(
     DEFAULTS.jvi_dreg,
     "JVI (and VR-IWAE): use the doubly reparameterized estimator (`dreg`).",
 )
+flags.DEFINE_enum(
+    "inference_update",
+    DEFAULTS.inference_update,
+    ["wake", "sleep", "wake_sleep"],
+    "RWS: q's update, the wake phase (default), the sleep phase on model samples, or "
+    "their average.",
+)
 flags.DEFINE_integer(
     "batch_size",
     DEFAULTS.batch_size,

@@ -29,6 +29,7 @@ OBJECTIVE_FLAGS = {
     "learnable_beta": "learnable_beta",
     "alpha": "alpha",
     "jvi_dreg": "dreg",
+    "inference_update": "inference_update",
 }
 # Burda et al. (2016): stage i = 0..7 runs 3^i epochs at learning rate 1e-3 * 10^(-i/7).
 NUM_STAGES = 8
@@ -99,6 +100,7 @@ class Config:
     learnable_beta: bool = False
     alpha: float | None = None
     jvi_dreg: bool = False
+    inference_update: str = "wake"
     batch_size: int = 20
     learning_rate: float = 1e-3
     epochs: int | None = None

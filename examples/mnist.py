@@ -114,7 +114,7 @@ flags.DEFINE_enum(
     "one_layer",
     ARCHITECTURES,
     "one_layer (Burda et al.'s 50 Gaussian latents), two_layer (their 100 + 50 Gaussian "
-    "latents) or sbn (a sigmoid belief net of 200 + 200 binary latents; vimco or rws).",
+    "latents) or sbn (a sigmoid belief net of 200 + 200 binary latents; vimco, rws or disarm).",
 )
 
 FLAGS = flags.FLAGS

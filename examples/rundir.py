@@ -314,13 +314,14 @@ def remove_orphans(out_dir: pathlib.Path) -> list[pathlib.Path]:
     (`checkpoints/ckpt-N_temp/`), the temporary copies of the checkpoint state file
     (`checkpoints/checkpoint.tmp<hex>`), data files of a checkpoint whose index was never
     written (`checkpoints/ckpt-N.data-*` without `ckpt-N.index`), and the temporary
-    copies of this run's JSON files (`*.json.tmp`). Call it only while holding the lock:
-    no save of another process can then be under way.
+    copies of this run's JSON files (`*.json.tmp`) and pictures (`pictures/*.png.tmp`).
+    Call it only while holding the lock: no save of another process can then be under way.
     """
     out_dir = pathlib.Path(out_dir)
     removed = []
     checkpoints = out_dir / "checkpoints"
     candidates = list(out_dir.glob(f"*.json{_TMP_SUFFIX}"))
+    candidates += list(out_dir.glob(f"pictures/*.png{_TMP_SUFFIX}"))
     if checkpoints.is_dir():
         candidates += list(checkpoints.glob("*_temp"))
         candidates += list(checkpoints.glob("checkpoint.tmp*"))

@@ -61,6 +61,7 @@ from mcobjectives.experimental import mnist
 import checkpoints
 import checks
 import distribute
+import pictures
 import rundir
 from checks import Cluster, flag_problems, size_problems
 from config import Config, FlagError, RunError, flags_named, make_objective
@@ -285,6 +286,7 @@ def _train(
             batch_size=config.eval_batch_size,
             to_batch=to_batch,
         )
+        digits = pictures.fixed_digits(data.test, to_batch)  # the same digits every time
     # Not under XLA: its CPU code for the chunked while loop ran 7x slower here.
     evaluator = mnist.make_evaluator(
         model,
@@ -345,6 +347,10 @@ def _train(
             metrics["evaluations"].append(result)
             console.evaluated(result)
             _summarize_evaluation(writer, step, result)
+            try:
+                pictures.write_pictures(model, digits, out_dir, step, config.seed)
+            except OSError as error:
+                raise _write_error(out_dir, f"pictures of step {step}", error, last_saved) from None
             eval_seconds += time.perf_counter() - eval_start
             tick = time.perf_counter()  # the progress bar's steps/s leaves evaluation out
             training_seconds = tick - wall_start - eval_seconds

@@ -21,9 +21,11 @@ from mcobjectives.estimation.log_marginal import log_marginal_estimate
 from mcobjectives.keras.model import ImportanceWeightedAutoencoder
 from mcobjectives.keras.saving import load_model
 from mcobjectives.keras.train_step import make_train_step
+from mcobjectives.objectives.disarm import DisARM
 from mcobjectives.objectives.dreg import STL, DReG
 from mcobjectives.objectives.iwae import CIWAE, IWAE, MIWAE, PIWAE, VAE
 from mcobjectives.objectives.jvi import JVI
+from mcobjectives.objectives.ovis import OVIS
 from mcobjectives.objectives.registry import make_objective, objective_names
 from mcobjectives.objectives.rws import RWS
 from mcobjectives.objectives.vimco import VIMCO
@@ -34,6 +36,7 @@ __all__ = [
     "IWAE",
     "JVI",
     "MIWAE",
+    "OVIS",
     "PIWAE",
     "RWS",
     "STL",
@@ -42,6 +45,7 @@ __all__ = [
     "VRIWAE",
     "Coefficients",
     "DReG",
+    "DisARM",
     "GradientPath",
     "Gradients",
     "ImportanceWeightedAutoencoder",

@@ -75,6 +75,23 @@ def modes(*subset: str, reason: str, slow: Iterable[str] = ()):
     return pytest.mark.parametrize("mode", mode_params(subset, slow=slow))
 
 
+def takes_gaussian_q(objective) -> bool:
+    """Whether `objective` (an instance or a class) takes the tests' Gaussian q: False for
+    an objective declaring `leaf_families` (DisARM: Bernoulli leaves only), which its own
+    tests cover (tests/test_disarm.py)."""
+    cls = objective if isinstance(objective, type) else type(objective)
+    return getattr(cls, "leaf_families", None) is None
+
+
+def skip_unless_gaussian_q(objective) -> None:
+    """Skips a test run on a Gaussian q for an objective that does not take one."""
+    if not takes_gaussian_q(objective):
+        pytest.skip(
+            f"{getattr(objective, '__name__', type(objective).__name__)} takes only "
+            "Bernoulli leaves (leaf_families); tests/test_disarm.py covers it"
+        )
+
+
 # Checkpoint bookkeeping that differs between runs that trained the same weights.
 NOT_COMPARED = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter")
 

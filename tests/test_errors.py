@@ -14,7 +14,7 @@ import tensorflow_probability as tfp
 
 import mcobjectives as mco
 from tests import toy
-from tests.conftest import GRAPH_MODES, in_mode, modes
+from tests.conftest import GRAPH_MODES, in_mode, modes, skip_unless_gaussian_q
 
 tfd = tfp.distributions
 
@@ -399,6 +399,7 @@ WRONG_SHAPES = list(_wrong_shapes())
 @pytest.mark.parametrize("shape", WRONG_SHAPES)
 def test_log_joint_wrong_shape(name, shape):
     """A log_joint not of shape [S, B] raises ValueError naming log_joint."""
+    skip_unless_gaussian_q(ALL_OBJECTIVES[name]())
     q, _ = _valid()
     with pytest.raises(ValueError, match=_all_of("log_joint", "shape")):
         ALL_OBJECTIVES[name]()(q, _wrong_shapes()[shape], seed=SEED)
@@ -412,6 +413,7 @@ def test_log_joint_wrong_shape(name, shape):
 )
 def test_log_joint_wrong_dtype(name, q_dtype, p_dtype):
     """A log_joint in another dtype than q raises TypeError naming log_joint and both dtypes."""
+    skip_unless_gaussian_q(ALL_OBJECTIVES[name]())
     q, _ = _valid(q_dtype)
 
     def log_joint(z):

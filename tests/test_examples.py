@@ -286,6 +286,10 @@ def check_metrics(metrics: dict, spec: Spec, run: Run) -> None:
     assert last["num_test_images"] == 100, context
     assert (run.out_dir / "checkpoints" / f"ckpt-{MAX_STEPS}.index").exists()
     assert list((run.out_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # A PNG of model samples and reconstructions per evaluation (examples/pictures.py).
+    for evaluation in metrics["evaluations"]:
+        assert (run.out_dir / "pictures" / f"step-{evaluation['step']:07d}.png").exists()
+    assert not list((run.out_dir / "pictures").glob("*.tmp"))
 
 
 def _param(name: str):

@@ -39,6 +39,10 @@ match; their log-probabilities are reshaped back to [S, B]. So a network written
 Conv2DTranspose decoder) works unchanged. A fixed prior's `log_prob` gets z as
 [S, B, ...] (its batch shape may be [] or [B]).
 
+Samples of p(x, z) and reconstructions: `model.sample(num, seed)` and
+`model.reconstruct(x, seed)` (`mcobjectives.keras.generation`, the `Generation` mixin);
+`mco.RWS(K, inference_update="sleep" | "wake_sleep")` adds the sleep phase to the step.
+
 Training, data, seeds, saving, damaged files and shapes: see `mcobjectives.keras`.
 """
 
@@ -56,6 +60,7 @@ from mcobjectives import sampling
 from mcobjectives.core.checks import check_count
 from mcobjectives.core.objective import MCObjective, ObjectiveResult
 from mcobjectives.keras import batches, gradients, seeds, serialization, step_guard, variables
+from mcobjectives.keras.generation import Generation
 from mcobjectives.keras.log_joint import call_network, check_prior_context, model_log_joint
 from mcobjectives.keras.log_marginal import LogMarginal
 from mcobjectives.keras.model_saving import ModelSaving
@@ -98,7 +103,7 @@ def _check_arguments(encoder, decoder, prior, objective, seed, max_nonfinite_ste
 
 
 @keras.saving.register_keras_serializable(package="mcobjectives")
-class ImportanceWeightedAutoencoder(ModelSaving, keras.Model):
+class ImportanceWeightedAutoencoder(ModelSaving, Generation, keras.Model):
     """A variational autoencoder whose training objective is any `MCObjective`.
 
     Example (Burda et al. 2016's one-stochastic-layer MNIST model, trained with DReG):

@@ -3,7 +3,8 @@
 * `objectives.iwae`: `VAE`, `IWAE`, `MIWAE`, `CIWAE`, `PIWAE` (the importance weighted bounds);
 * `objectives.dreg`: `STL`, `DReG` (path-derivative inference gradients);
 * `objectives.rws`: `RWS`; `objectives.jvi`: `JVI`; `objectives.vimco`: `VIMCO`;
-  `objectives.vriwae`: `VRIWAE`;
+  `objectives.vriwae`: `VRIWAE`; `objectives.ovis`: `OVIS` (optimal score control variate);
+* `objectives.disarm`: `DisARM` (antithetic gradients for Bernoulli q);
 * `objectives.registry`: `OBJECTIVES` (name -> class), `make_objective`, `objective_names`.
 
 The classes, `make_objective` and `objective_names` are spelled `mcobjectives.X`, their one

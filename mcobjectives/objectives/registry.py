@@ -15,9 +15,11 @@ from typing import Any
 
 from mcobjectives.core import checks
 from mcobjectives.core.objective import MCObjective
+from mcobjectives.objectives.disarm import DisARM
 from mcobjectives.objectives.dreg import STL, DReG
 from mcobjectives.objectives.iwae import CIWAE, IWAE, MIWAE, PIWAE, VAE
 from mcobjectives.objectives.jvi import JVI
+from mcobjectives.objectives.ovis import OVIS
 from mcobjectives.objectives.rws import RWS
 from mcobjectives.objectives.vimco import VIMCO
 from mcobjectives.objectives.vriwae import VRIWAE
@@ -35,7 +37,9 @@ OBJECTIVES: dict[str, type[MCObjective]] = {
     "dreg": DReG,
     "jvi": JVI,
     "vimco": VIMCO,
+    "ovis": OVIS,
     "vriwae": VRIWAE,
+    "disarm": DisARM,
 }
 """Every registered objective class by its name, the lower-case class name, in order."""
 

@@ -38,11 +38,14 @@ References:
   [1] Steele, Lea, Flood. Fast Splittable Pseudorandom Number Generators. OOPSLA 2014.
 """
 
+from mcobjectives.sampling.antithetic import antithetic_logistic, antithetic_sample
 from mcobjectives.sampling.noise import standard_normal
 from mcobjectives.sampling.reparameterization import sample, supports_stable_sampling
 from mcobjectives.sampling.seeds import is_per_example_seed, stateless_seed
 
 __all__ = [
+    "antithetic_logistic",
+    "antithetic_sample",
     "is_per_example_seed",
     "sample",
     "standard_normal",
