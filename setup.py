@@ -22,7 +22,7 @@ setup(
     name="mcobjectives",
     version=_version(),
     description="Monte Carlo variational objectives (VAE, IWAE, MIWAE, CIWAE, PIWAE, RWS, STL, "
-    "DReG, JVI, VIMCO, VR-IWAE) for TensorFlow Probability and Keras",
+    "DReG, JVI, VIMCO, VR-IWAE, OVIS, DisARM) for TensorFlow Probability and Keras",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
