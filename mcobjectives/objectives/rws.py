@@ -68,6 +68,18 @@ class RWS(MCObjective):
             )
         self.inference_update = inference_update
 
+    def get_config(self):
+        """The constructor's arguments; `inference_update` only where it is not "wake".
+
+        The default is left out so that a wake-only RWS keeps the config (and the repr,
+        `RWS(num_samples=K)`) it had before the option existed, which stored results and
+        checkpoints record.
+        """
+        config = super().get_config()
+        if config["inference_update"] == "wake":
+            del config["inference_update"]
+        return config
+
     @property
     def sleep_weight(self) -> float:
         """The weight of the sleep phase in q's gradient: 0 (wake), 1 (sleep), 1/2 (both)."""

@@ -130,7 +130,9 @@ def _draw(logits: tf.Tensor, eps: tf.Tensor, dtype: tf.DType, sign: int) -> tf.T
     return tf.cast((eps if sign > 0 else -eps) < tf.cast(logits, tf.float64), dtype)
 
 
-def antithetic_sample(q: tfd.Distribution, num_samples: int, seed) -> AntitheticDraws:
+def antithetic_sample(
+    q: tfd.Distribution, num_samples: int, seed: int | Sequence[int] | np.ndarray | tf.Tensor
+) -> AntitheticDraws:
     """K samples of a Bernoulli q and, per Bernoulli layer, their antithetic partners.
 
     Args:
