@@ -8,6 +8,7 @@ A release that renames one breaks this module alone, where the fallback (if any)
 
 from __future__ import annotations
 
+import tensorflow_probability as tfp
 from tensorflow_probability.python.distributions import (
     independent,
     joint_distribution_named,
@@ -40,6 +41,28 @@ def model_coroutine(joint):
     values drawn so far; TFP exposes that only as `_model_coroutine` (TFP 0.25).
     """
     return joint._model_coroutine()
+
+
+def run_model(joint, draw_part) -> list:
+    """Runs `joint`'s model part by part; returns the values drawn, in the model's order.
+
+    `draw_part(index, part)` gives part `index`'s value (the part a plain distribution: a
+    `Root` is unwrapped), which is sent back to the model so that the later parts are the
+    conditionals given it.
+    """
+    root = tfp.distributions.JointDistributionCoroutine.Root
+    model = model_coroutine(joint)
+    values: list = []
+    try:
+        part = next(model)
+        while True:
+            if isinstance(part, root):
+                part = part.distribution
+            values.append(draw_part(len(values), part))
+            part = model.send(values[-1])
+    except StopIteration:
+        pass
+    return values
 
 
 def model_flatten(joint, value) -> list:

@@ -118,17 +118,9 @@ def draw_prior(prior: tfd.Distribution, num: int, seed: tf.Tensor):
     """`num` draws of p(z), z in the prior's structure, leaves [num, *event_i]."""
     if not checks.is_joint(prior):
         return _draw(prior, num, seed)
-    model = _compat.model_coroutine(prior)  # yields each part given the values sent back
-    values = []
-    try:
-        part = next(model)
-        while True:
-            if isinstance(part, tfd.JointDistributionCoroutine.Root):
-                part = part.distribution
-            values.append(_draw(part, num, child_seeds(seed, len(values))))
-            part = model.send(values[-1])
-    except StopIteration:
-        pass
+    values = _compat.run_model(
+        prior, lambda index, part: _draw(part, num, child_seeds(seed, index))
+    )
     return _compat.model_unflatten(prior, values)
 
 

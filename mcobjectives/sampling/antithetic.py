@@ -176,27 +176,21 @@ def _joint(q, num_samples: int, seed: tf.Tensor, num_layers: int) -> AntitheticD
 
     def run(signs):
         """Runs q's model, layer l drawn from the noise signs[l] eps_l."""
-        model = _compat.model_coroutine(q)
-        values, logits_of, bits = [], [], []
-        try:
-            part = next(model)
-            while True:
-                if isinstance(part, tfd.JointDistributionCoroutine.Root):
-                    part = part.distribution
-                index = len(values)
-                d = bernoulli_of(part)
-                if d is None:
-                    raise _refusal(names[index], part)
-                logits = d.logits_parameter()
-                if index == len(eps):  # the first pass draws each layer's noise
-                    eps.append(_layer_noise(part, logits, num_samples, seed, index, event_ranks))
-                value = _draw(logits, eps[index], part.dtype, signs[index])
-                values.append(value)
-                logits_of.append(logits)
-                bits.append(tf.cast(value, logits.dtype))
-                part = model.send(value)
-        except StopIteration:
-            pass
+        logits_of, bits = [], []
+
+        def draw_layer(index, part):
+            d = bernoulli_of(part)
+            if d is None:
+                raise _refusal(names[index], part)
+            logits = d.logits_parameter()
+            if index == len(eps):  # the first pass draws each layer's noise
+                eps.append(_layer_noise(part, logits, num_samples, seed, index, event_ranks))
+            value = _draw(logits, eps[index], part.dtype, signs[index])
+            logits_of.append(logits)
+            bits.append(tf.cast(value, logits.dtype))
+            return value
+
+        values = _compat.run_model(q, draw_layer)
         return _compat.model_unflatten(q, values), tuple(logits_of), tuple(bits)
 
     signs = tuple(itertools.product((1, -1), repeat=num_layers))

@@ -191,20 +191,12 @@ def _sample_joint(q, num_samples: int, seed: tf.Tensor):
     # parts' trailing batch dimensions as event dimensions, so a part's own batch rank
     # does not tell whether it still needs a sample axis.
     event_ranks = [shape.rank for shape in _compat.model_flatten(q, q.event_shape)]
-    model = _compat.model_coroutine(q)  # yields each part given the values sent back
-    values = []
-    try:
-        part = next(model)
-        while True:
-            if isinstance(part, tfd.JointDistributionCoroutine.Root):
-                part = part.distribution
-            index = len(values)
-            values.append(
-                _sample_part(part, num_samples, child_seeds(seed, index), event_ranks[index])
-            )
-            part = model.send(values[-1])
-    except StopIteration:
-        pass
+    values = _compat.run_model(
+        q,
+        lambda index, part: _sample_part(
+            part, num_samples, child_seeds(seed, index), event_ranks[index]
+        ),
+    )
     return _compat.model_unflatten(q, values)
 
 
