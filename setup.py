@@ -22,7 +22,7 @@ setup(
     name="mcobjectives",
     version=_version(),
     description="Monte Carlo variational objectives (VAE, IWAE, MIWAE, CIWAE, PIWAE, RWS, STL, "
-    "DReG, JVI, VIMCO, VR-IWAE, OVIS, DisARM) for TensorFlow Probability and Keras",
+    "DReG, JVI, VIMCO, VR-IWAE, OVIS, DisARM, TVO) for TensorFlow Probability and Keras",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
@@ -40,7 +40,7 @@ setup(
     ],
     extras_require={
         # `build` makes the wheel that .ci/wheel_smoke.sh installs outside the checkout.
-        "test": ["pytest>=8", "ruff>=0.6", "build"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "build"],
         "examples": [
             "tensorflow-datasets==4.9.10",
             "importlib_resources",

@@ -114,7 +114,8 @@ flags.DEFINE_enum(
     "one_layer",
     ARCHITECTURES,
     "one_layer (Burda et al.'s 50 Gaussian latents), two_layer (their 100 + 50 Gaussian "
-    "latents) or sbn (a sigmoid belief net of 200 + 200 binary latents; vimco, rws or disarm).",
+    "latents) or sbn (a sigmoid belief net of 200 + 200 binary latents; vimco, rws, ovis, "
+    "disarm or tvo).",
 )
 
 FLAGS = flags.FLAGS
@@ -141,12 +142,22 @@ def to_batch(images: tf.Tensor) -> dict:
     return {"x": images}
 
 
+def _gradient_path(name: str) -> mco.GradientPath | None:
+    """The gradient path of objective `name` as the flags build it (its defaults).
+
+    A class attribute, or for an objective whose path depends on its arguments (a
+    property: JVI, VRIWAE, TVO) the path of an instance with the default arguments.
+    """
+    path = getattr(mco.objectives.OBJECTIVES[name], "gradient_path", None)
+    if isinstance(path, mco.GradientPath):
+        return path
+    return mco.make_objective(name, 2).gradient_path
+
+
 def score_function_objectives() -> list[str]:
     """The registered objectives whose inference gradient needs only log q (RWS, VIMCO)."""
     return [
-        name
-        for name, cls in mco.objectives.OBJECTIVES.items()
-        if getattr(cls, "gradient_path", None) is mco.GradientPath.SCORE
+        name for name in mco.objectives.OBJECTIVES if _gradient_path(name) is mco.GradientPath.SCORE
     ]
 
 
@@ -162,7 +173,7 @@ def architecture_problems(config: Config) -> list[str]:
                     f"leave --{flag} unset."
                 )
     cls = mco.objectives.OBJECTIVES[config.objective]
-    if architecture == "sbn" and getattr(cls, "gradient_path", None) is not mco.GradientPath.SCORE:
+    if architecture == "sbn" and _gradient_path(config.objective) is not mco.GradientPath.SCORE:
         choices = " or ".join(f"--objective={name}" for name in score_function_objectives())
         problems.append(
             f"--architecture=sbn has discrete (binary) latents, which --objective="

@@ -28,6 +28,7 @@ from mcobjectives.objectives.jvi import JVI
 from mcobjectives.objectives.ovis import OVIS
 from mcobjectives.objectives.registry import make_objective, objective_names
 from mcobjectives.objectives.rws import RWS
+from mcobjectives.objectives.tvo import TVO
 from mcobjectives.objectives.vimco import VIMCO
 from mcobjectives.objectives.vriwae import VRIWAE
 
@@ -40,6 +41,7 @@ __all__ = [
     "PIWAE",
     "RWS",
     "STL",
+    "TVO",
     "VAE",
     "VIMCO",
     "VRIWAE",

@@ -14,10 +14,19 @@ compiles by itself (`make_train_step`, `model.compile`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 import pytest
 import tensorflow as tf
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One of several worker processes on the machine's cores (pyproject's `-n 2`): one
+    # thread for each operation's own work, in this process and the scripts it starts, so
+    # that the workers do not each spread every matmul over every core and contend. (The
+    # inter-op pool keeps its size: collective and data-pipeline ops wait on each other.)
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    tf.config.threading.set_intra_op_parallelism_threads(1)
 
 MODES = ("eager", "function", "xla")
 # The modes that trace a graph: the tests comparing a graph with the eager numbers, and

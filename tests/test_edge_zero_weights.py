@@ -207,13 +207,14 @@ def test_a_data_point_without_any_weight_has_bound_minus_inf_loss_plus_inf_and_n
 def test_one_zero_weight_is_finite_except_for_the_objectives_averaging_log_w(name, objective):
     """Sample 0 of data point 2 has weight 0: the loss and bound stay finite, the bound of
     the IWAE family being log((1/K) sum of the other weights), unless the objective
-    averages log w over samples (VAE, CIWAE with beta > 0: -inf, loss +inf)."""
+    averages log w over samples (VAE, CIWAE with beta > 0, TVO's left sum, whose beta = 0
+    term is the ELBO: -inf, loss +inf)."""
     skip_unless_gaussian_q(objective)
     _, _, _, x = _parameters()
     result, grads = _run(objective, x, _cut(2, [0]))
     log_w = result.log_weights.numpy()
     assert log_w[0, 2] == -INF and np.isfinite(log_w[1:]).all() and np.isfinite(log_w[:, :2]).all()
-    if name in ("vae", "ciwae"):
+    if name in ("vae", "ciwae", "tvo"):
         assert result.bound.numpy()[2] == -INF and result.loss.numpy() == INF
     else:  # MIWAE(2, 3): the group of sample 0 keeps two weights
         assert np.isfinite(result.bound.numpy()).all() and np.isfinite(result.loss.numpy())

@@ -298,6 +298,10 @@ def _param(name: str):
     return pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=str(reason)))
 
 
+# Example processes run, killed and run again make this the longest check: the default
+# run checks the same claim in process (tests/test_training_in_process.py,
+# test_resume_continues_the_step_count_to_the_uninterrupted_weights).
+@pytest.mark.slow
 def test_kill_and_resume(bundled, tmp_path):
     """A run killed after a checkpoint and started again ends exactly as an uninterrupted one."""
     offline_tfds = pathlib.Path(bundled.env["TFDS_DATA_DIR"])

@@ -51,6 +51,10 @@ class _PriorLikelihoodLogJoint:
         """x, [B, *x_event]."""
         return self._observations
 
+    def prior_value(self, z):
+        """z (q's structure) as the value the prior scores: a joint prior's parts paired."""
+        return z if self._pair is None else self._pair(z)
+
     def _bind_to(self, q) -> _PriorLikelihoodLogJoint:
         """This log joint for samples of q: checks its pieces against q and pairs the prior."""
         structures.check_observations(self._observations, q, "observations")

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from mcobjectives import weights
-from mcobjectives.core import checks, surrogate
+from mcobjectives.core import checks, gdreg, surrogate
 from mcobjectives.core.forward import PathRatio, forward
 from mcobjectives.core.surrogate import Coefficients, GradientPath
 
@@ -135,6 +135,8 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
     """
 
     min_num_samples: ClassVar[int] = 1
+    # "gdreg" on the objectives that offer it (IWAE, DReG): see core/gdreg.py.
+    prior_gradient: str = "standard"
 
     def __init__(self, num_samples: int, name: str | None = None, validate_args: bool = False):
         super().__init__(name=name)
@@ -269,6 +271,9 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         checks.check_log_joint(log_joint)
         checks.check_seed(seed)
         log_joint = checks.bind_log_joint(log_joint, q)
+        use_gdreg = self.prior_gradient == "gdreg"
+        if use_gdreg:
+            gdreg.check_log_joint(log_joint, name)
 
         path_ratio = PathRatio() if path is GradientPath.SPLIT else None
         draw = forward(
@@ -292,6 +297,8 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         # the coefficients' 0/0.
         coefficients = surrogate.without_infinite_values(coefficients, value)
         total = surrogate.assemble(coefficients, path, draw, path_ratio)
+        if use_gdreg:
+            total += gdreg.correction(q, log_joint, draw.z, coefficients.model, stopped)
         # total - stop_gradient(total) is exactly 0 (the surrogate is finite), so the loss
         # is exactly -mean(value), +inf where a value is -inf.
         loss = -tf.reduce_mean(value + (total - tf.stop_gradient(total)))

@@ -6,6 +6,13 @@ for [N, features] inputs works unchanged; their log-probabilities are reshaped b
 [S, B]. x is tiled S times to sit beside the flat latents: a distribution of batch shape
 [S*B] cannot broadcast it (and calling the networks on [S, B, ...] instead was measured
 no faster on the MNIST-size model, and differs by float rounding).
+
+The log joint also exposes its prior, as `make_log_joint`'s does (`prior`, and
+`prior_value(z)`: z in q's structure paired with a joint prior's parts), for GDReG
+(core/gdreg.py), which scores and reparameterizes the prior on z [S, B, ...]: a fixed
+prior or one built by prior() is itself; a prior of the context is the layer called once
+more, on the batch's own context [B] (batch shape [B], as `make_log_joint`'s conditional
+prior), only where GDReG asks for it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from mcobjectives.core import structures
+from mcobjectives.networks.bernoulli import PixelBernoulli
 
 tfd = tfp.distributions
 
@@ -137,7 +145,11 @@ def model_log_joint(decoder, prior, x, context, training: bool) -> Callable:
             "[S*B]: the decoder is called on flat latents, one row per sample and data point",
             "tfd.Independent(tfd.Bernoulli(logits=logits), reinterpreted_batch_ndims=1)",
         )
-        log_px = unflatten(likelihood.log_prob(_tile_batch(x, leading[0])), leading, "decoder")
+        if isinstance(likelihood, PixelBernoulli):  # x broadcast where it can be (evaluation)
+            flat_log_px = likelihood.log_prob_of_tiled(x, leading[0])
+        else:
+            flat_log_px = likelihood.log_prob(_tile_batch(x, leading[0]))
+        log_px = unflatten(flat_log_px, leading, "decoder")
         if fixed_prior is not None:
             log_pz = fixed_prior.log_prob(z if pair is None else pair(z))
             structures.check_log_prob_shape(log_pz, static, "prior", "log_prob(z)")
@@ -162,4 +174,53 @@ def model_log_joint(decoder, prior, x, context, training: bool) -> Callable:
         log_pz = layer_prior.log_prob(flat_z if pair is None else pair(flat_z))
         return unflatten(log_pz, leading, "prior") + log_px
 
-    return structures.BindableLogJoint(log_joint, bind, name="model.log_joint")
+    def prior_of(binding):
+        """(p(z) or p(z|c) for z [S, B, ...], the pairing of q's z with it): see above."""
+        q, pair = (None, None) if binding is None else binding
+        if known_prior is not None:
+            return known_prior, pair
+        conditional = call_network(prior, (context,), training)
+        if not isinstance(conditional, tfd.Distribution):
+            raise TypeError(
+                "`prior` (a layer of the context) must return p(z|c), a "
+                f"tfp.distributions.Distribution, but returned {type(conditional).__name__}."
+            )
+        if q is None:
+            return conditional, None
+        structures.check_prior_batch(conditional, q, "prior")
+        return conditional, structures.pair_prior(q, conditional, "prior")
+
+    return _ModelLogJoint(log_joint, bind, prior_of)
+
+
+class _ModelLogJoint(structures.BindableLogJoint):
+    """The model's bindable log joint, with `prior` and `prior_value` (for GDReG).
+
+    `prior_of(binding)` gives (the prior, q's z -> its value, or None); built once per
+    bound log joint, on first use (a prior of the context calls its layer then).
+    """
+
+    def __init__(self, compute, bind, prior_of, binding=None):
+        super().__init__(compute, bind, binding, name="model.log_joint")
+        self._parts = (compute, bind, prior_of, binding)
+        self._prior = None
+
+    def _bind_to(self, q) -> _ModelLogJoint:
+        compute, bind, prior_of, _ = self._parts
+        return type(self)(compute, bind, prior_of, bind(q))
+
+    def _prior_and_pair(self):
+        if self._prior is None:
+            prior_of, binding = self._parts[2:]
+            self._prior = prior_of(binding)
+        return self._prior
+
+    @property
+    def prior(self) -> tfd.Distribution:
+        """p(z) (or p(z|c)), scored on z [S, B, *event] in `prior_value`'s structure."""
+        return self._prior_and_pair()[0]
+
+    def prior_value(self, z):
+        """z (q's structure) as the value the prior scores: a joint prior's parts paired."""
+        pair = self._prior_and_pair()[1]
+        return z if pair is None else pair(z)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
 from mcobjectives import _compat
 from mcobjectives.core.checks import check_count
+from mcobjectives.core.compiled import compiled_pieces
 from mcobjectives.estimation.log_marginal import estimate_seed, log_marginal_estimate
 from mcobjectives.keras import batches
 
@@ -56,12 +59,17 @@ class LogMarginal:
                 batch_size is None or num_samples * batch_size >= 2**17
             )
         if jit_compile not in self._functions:
+            # Outside XLA, TensorFlow's matmul kernels (on a CPU faster than XLA's) run
+            # the networks, and XLA the sampler's noise and the Bernoulli pixels' sum,
+            # which TensorFlow's kernels would run one operation at a time (`core.compiled`).
+            sums = contextlib.nullcontext if jit_compile else compiled_pieces
 
             def estimate(x, context, seed, num_samples, chunk_size):
-                log_joint = model.log_joint(x, context)  # checks the context first
-                return log_marginal_estimate(
-                    model.posterior(x, context), log_joint, seed, num_samples, chunk_size
-                )
+                with sums():
+                    log_joint = model.log_joint(x, context)  # checks the context first
+                    return log_marginal_estimate(
+                        model.posterior(x, context), log_joint, seed, num_samples, chunk_size
+                    )
 
             self._functions[jit_compile] = tf.function(
                 estimate, jit_compile=jit_compile, reduce_retracing=True, autograph=False

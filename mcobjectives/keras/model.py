@@ -343,8 +343,8 @@ class ImportanceWeightedAutoencoder(ModelSaving, Generation, keras.Model):
         `fit` calls it after every batch (a callback, so that it holds under XLA, which
         compiles assertions away), and so does the step of `make_train_step`.
         """
-        error = step_guard.stalled_error(self)
-        if error is not None:
+        if (error := step_guard.stalled_error(self)) is not None:
+            self.nonfinite_run.assign(0)  # training may resume: see `step_guard`
             raise error
 
     def fit(self, *args, callbacks=None, **kwargs):

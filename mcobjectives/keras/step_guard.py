@@ -5,6 +5,11 @@ counted (`nonfinite_run`, the current run of consecutive ones, and `nonfinite_st
 the total), and `max_nonfinite_steps` consecutive ones stop training with a
 FloatingPointError. Under a distribution strategy every replica takes the same
 decision, in cross-replica context (`merge_call`).
+
+A stalled run takes no further step until the error is raised: the rest of a block of
+`steps_per_execution` (or of `make_train_step`'s `steps_per_call`) is neither applied nor
+counted, so the model is that of one step per call, stopped at the step the error names.
+Raising restarts the count of consecutive skipped steps, so training may resume.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ def apply_if_finite(model, optimizer, grads: list, variables: list, loss) -> tf.
             tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32)
         )
         finite = tf.equal(bad, 0.0)
+    # A stalled run (`max_nonfinite_steps` skipped in a row) takes no further step, applied
+    # or counted, until `raise_if_stalled` stops it: the later steps of a block of
+    # `steps_per_execution` (or `steps_per_call`) then leave the model as one step per
+    # call would have, and the error names the step that stalled.
+    live = tf.less(model.nonfinite_run, model.max_nonfinite_steps)
+    applied = tf.logical_and(finite, live)
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
     pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
@@ -55,13 +66,14 @@ def apply_if_finite(model, optimizer, grads: list, variables: list, loss) -> tf.
             flag = strategy.experimental_local_results(finite)[0]
             tf.cond(flag, apply_on_every_replica, lambda: tf.constant(False))
 
-        replica.merge_call(cross_replica, args=(finite, grads))
+        replica.merge_call(cross_replica, args=(applied, grads))
     else:
-        tf.cond(finite, lambda: apply(grads), lambda: tf.constant(False))
+        tf.cond(applied, lambda: apply(grads), lambda: tf.constant(False))
+    skipped = tf.logical_and(live, tf.logical_not(finite))
     run = tf.where(finite, tf.constant(0, tf.int64), model.nonfinite_run + 1)
-    model.nonfinite_run.assign(run)
-    model.nonfinite_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
-    return finite
+    model.nonfinite_run.assign(tf.where(live, run, model.nonfinite_run))
+    model.nonfinite_steps.assign_add(tf.cast(skipped, tf.int64))
+    return applied
 
 
 def stalled_error(model) -> FloatingPointError | None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from mcobjectives.core.compiled import compiling_pieces
+
 tfd = tfp.distributions
 
 __all__ = [
@@ -137,6 +139,22 @@ def bernoulli_log_prob(x: tf.Tensor, logits: tf.Tensor):
     return value, gradient
 
 
+@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
+def _compiled_sum(x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """sum over the last axis of x l - softplus(l), one XLA computation (no custom gradient)."""
+    value = x * logits - tf.nn.relu(logits) - tf.math.log(1.0 + tf.exp(-tf.abs(logits)))
+    return tf.reduce_sum(value, axis=-1)
+
+
+@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
+def _compiled_tiled_sum(x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """`_compiled_sum(tile(x), logits)` for x [B, n] and logits [S*B, n] (row s*B + b
+    reads x[b]), broadcasting x inside the computation rather than tiling it: [S*B]."""
+    batch = tf.shape(x)[0]
+    tiled_logits = tf.reshape(logits, tf.stack([-1, batch, tf.shape(x)[1]]))
+    return tf.reshape(_compiled_sum(x, tiled_logits), [-1])
+
+
 class PixelBernoulli(tfd.Independent):
     """Independent Bernoulli pixels: log_prob(x) = sum x l - softplus(l), for x in [0, 1].
 
@@ -155,6 +173,28 @@ class PixelBernoulli(tfd.Independent):
         refuse_raw_intensities(value)
         check_event_shape(self, value)
         return super().log_prob(value, name=name, **kwargs)
+
+    def log_prob_of_tiled(self, x: tf.Tensor, num_samples: tf.Tensor) -> tf.Tensor:
+        """log_prob(tile(x, [num_samples, 1])) of x [B, n], these pixels' batch [S*B].
+
+        Row s*B + b of the batch reads x[b], as `keras.log_joint` lays out flat samples.
+        Inside `core.compiled.compiled_pieces` (traced in a graph, one event dimension)
+        x is broadcast inside the compiled sum rather than tiled S times; else it is
+        `log_prob` of the tiled x. The same checks of x either way.
+        """
+        x = tf.convert_to_tensor(x)
+        ndims = tf.get_static_value(self.reinterpreted_batch_ndims)
+        if ndims == 1 and x.shape.rank == 2 and compiling_pieces():
+            refuse_raw_intensities(x)
+            check_event_shape(self, x)
+            logits = self.distribution.logits
+            if logits is None:
+                logits = self.distribution.logits_parameter()
+            logits = tf.convert_to_tensor(logits)
+            return _compiled_tiled_sum(tf.cast(checked_pixels(x), logits.dtype), logits)
+        return self.log_prob(
+            tf.tile(x, tf.concat([[num_samples], tf.ones([x.shape.rank - 1], tf.int32)], 0))
+        )
 
     def prob(self, value, name="prob", **kwargs):
         """exp(log_prob(x)), after the same checks of x."""
@@ -179,6 +219,10 @@ class PixelBernoulli(tfd.Independent):
             axis = -1 - tf.range(self.reinterpreted_batch_ndims)
         else:
             axis = list(range(-int(ndims), 0))
+        if ndims == 1 and compiling_pieces():
+            # Evaluation only (`core.compiled.compiled_pieces`): its gradient would be
+            # TensorFlow's of the formula, not bernoulli_log_prob's.
+            return _compiled_sum(x, logits)
         return tf.reduce_sum(bernoulli_log_prob(x, logits), axis=axis)
 
     def _unnormalized_log_prob(self, x, **kwargs):

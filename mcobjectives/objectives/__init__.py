@@ -5,6 +5,7 @@
 * `objectives.rws`: `RWS`; `objectives.jvi`: `JVI`; `objectives.vimco`: `VIMCO`;
   `objectives.vriwae`: `VRIWAE`; `objectives.ovis`: `OVIS` (optimal score control variate);
 * `objectives.disarm`: `DisARM` (antithetic gradients for Bernoulli q);
+* `objectives.tvo`: `TVO` (the thermodynamic variational objective);
 * `objectives.registry`: `OBJECTIVES` (name -> class), `make_objective`, `objective_names`.
 
 The classes, `make_objective` and `objective_names` are spelled `mcobjectives.X`, their one

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from mcobjectives.core import checks
+from mcobjectives.core import checks, gdreg
 from mcobjectives.core.objective import Coefficients, GradientPath, MCObjective
 from mcobjectives.weights import leave_one_out_logsumexp, log_mean_exp, normalized_weights
 
@@ -56,9 +56,15 @@ class DReG(MCObjective):
     In between, an unbiased estimate of (1 - alpha) IWAE + alpha RWS; alpha = 0.5 is
     half of STL's inference gradient.
 
+    prior_gradient="gdreg": the model gradient is IWAE's, so a learned prior's
+    parameters get IWAE's GDReG estimator ([3]; see `IWAE`), for every alpha.
+
     Args:
       num_samples: K >= 1.
       alpha: in [0, 1]; default 0.0 (IWAE-DReG).
+      prior_gradient: "standard" (default) or "gdreg".
+
+    [3] Bauer, Mnih. Generalized Doubly Reparameterized Gradient Estimators. ICML 2021.
     """
 
     gradient_path = GradientPath.SPLIT
@@ -69,9 +75,15 @@ class DReG(MCObjective):
         alpha: float = 0.0,
         name: str | None = None,
         validate_args: bool = False,
+        prior_gradient: str = "standard",
     ):
         super().__init__(num_samples, name=name, validate_args=validate_args)
         self.alpha = checks.check_unit_interval("alpha", alpha)
+        self.prior_gradient = gdreg.check_prior_gradient(prior_gradient)
+
+    def get_config(self):
+        """The constructor's arguments; `prior_gradient` only where it is not "standard"."""
+        return gdreg.without_default(super().get_config())
 
     def _value(self, log_weights):
         return log_mean_exp(log_weights)

@@ -12,7 +12,7 @@ import math
 
 import tensorflow as tf
 
-from mcobjectives.core import checks, validation
+from mcobjectives.core import checks, gdreg, validation
 from mcobjectives.core.objective import Coefficients, GradientPath, MCObjective
 from mcobjectives.weights import log_mean_exp, normalized_weights
 
@@ -37,14 +37,43 @@ class IWAE(MCObjective):
     gradient:  the total derivative of L_K for both networks, i.e.
                sum_k w~_k d log w_k, w~ the self-normalized weights.
 
+    prior_gradient="gdreg" gives a learned prior's parameters theta the generalized
+    doubly reparameterized estimator of [3] in place of sum_k w~_k d log p_theta(z_k):
+
+      sum_k [w~_k (1 - w~_k) grad_z log p(x|z_k) + w~_k^2 grad_z log(q/p_theta)(z_k)]
+            . dz_k/dtheta|_p,
+
+    dz/dtheta|_p the prior's reparameterization at the sample (derived in
+    mcobjectives/core/gdreg.py). Same mean; the value and every other gradient
+    are unchanged. It needs a log joint from `make_log_joint` with a reparameterizable
+    prior, and evaluates the model a second time.
+
     Args:
       num_samples: K >= 1.
+      prior_gradient: "standard" (default) or "gdreg".
+
+    [3] Bauer, Mnih. Generalized Doubly Reparameterized Gradient Estimators. ICML 2021.
     """
 
     gradient_path = GradientPath.TOTAL
 
-    def __init__(self, num_samples: int, name: str | None = None, validate_args: bool = False):
+    def __init__(
+        self,
+        num_samples: int,
+        name: str | None = None,
+        validate_args: bool = False,
+        prior_gradient: str = "standard",
+    ):
         super().__init__(num_samples, name=name, validate_args=validate_args)
+        self.prior_gradient = gdreg.check_prior_gradient(prior_gradient)
+
+    def get_config(self):
+        """The constructor's arguments; `prior_gradient` only where it is not "standard".
+
+        The default is left out so that IWAE keeps the config and repr (`IWAE(num_samples=K)`)
+        that stored results and checkpoints record.
+        """
+        return gdreg.without_default(super().get_config())
 
     def _value(self, log_weights):
         return log_mean_exp(log_weights)

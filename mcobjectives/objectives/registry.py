@@ -21,6 +21,7 @@ from mcobjectives.objectives.iwae import CIWAE, IWAE, MIWAE, PIWAE, VAE
 from mcobjectives.objectives.jvi import JVI
 from mcobjectives.objectives.ovis import OVIS
 from mcobjectives.objectives.rws import RWS
+from mcobjectives.objectives.tvo import TVO
 from mcobjectives.objectives.vimco import VIMCO
 from mcobjectives.objectives.vriwae import VRIWAE
 
@@ -40,6 +41,7 @@ OBJECTIVES: dict[str, type[MCObjective]] = {
     "ovis": OVIS,
     "vriwae": VRIWAE,
     "disarm": DisARM,
+    "tvo": TVO,
 }
 """Every registered objective class by its name, the lower-case class name, in order."""
 

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from mcobjectives.core import checks
+from mcobjectives.core.compiled import compiling_pieces
 from mcobjectives.sampling.bits import uniform
 from mcobjectives.sampling.seeds import stateless_seed
 
@@ -94,12 +95,21 @@ def noise(shape, seed, dtype, example_axis: int, transform) -> tf.Tensor:
     """transform(uniforms) of `shape`; with seeds [B, 2], slice i along `example_axis`
     comes from seed i alone (exactly the draws of that seed for the other axes)."""
     if seed.shape.rank == 1:
+        if compiling_pieces():  # the same bits, fused by XLA (`core.compiled`)
+            return _compiled_noise(shape, seed, dtype, transform)
         return transform(uniform(shape, seed, dtype))
     rest = tf.concat([shape[:example_axis], shape[example_axis + 1 :]], axis=0)
     values = transform(uniform(rest, seed, dtype))  # [B, *rest]
     rank = values.shape.rank
     perm = [*range(1, example_axis + 1), 0, *range(example_axis + 1, rank)]
     return tf.transpose(values, perm)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _compiled_noise(shape, seed, dtype, transform) -> tf.Tensor:
+    """transform(uniform(shape, seed, dtype)) in one XLA computation (no gradient needed:
+    noise is a function of the seed alone)."""
+    return transform(uniform(shape, seed, dtype))
 
 
 def normal_of(dtype):

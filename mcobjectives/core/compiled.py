@@ -1,0 +1,41 @@
+"""Pieces of a graph compiled by XLA on their own: the estimate of log p(x) outside XLA.
+
+`ImportanceWeightedAutoencoder.log_marginal` without `jit_compile` runs its networks'
+matmuls on TensorFlow's kernels (on a CPU faster than XLA's) but would run its
+elementwise work one TensorFlow kernel per operation, each writing its output out: the
+sampler's integer bits and float64 `ndtri`, and the Bernoulli pixels' softplus before
+their sum. Inside `compiled_pieces()`, those pieces (`noise.noise`, `PixelBernoulli`'s
+log-probability) are each traced as one jit-compiled function, which XLA fuses. The
+values are the same functions, up to float rounding: the noise is XLA's, the same bits
+as in a fully compiled graph (the uniforms are integer arithmetic; ndtri may differ from
+TensorFlow's kernel in its last bits), and the pixel sum is the same sum in another order.
+Eagerly, and inside an XLA computation (which fuses everything anyway), nothing changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import tensorflow as tf
+
+__all__ = ["compiled_pieces", "compiling_pieces"]
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def compiled_pieces() -> Iterator[None]:
+    """Within it (per thread, at trace time), the pieces above are traced jit-compiled."""
+    previous = getattr(_STATE, "on", False)
+    _STATE.on = True
+    try:
+        yield
+    finally:
+        _STATE.on = previous
+
+
+def compiling_pieces() -> bool:
+    """Whether a piece traced now is to be jit-compiled: inside the block, in a graph."""
+    return getattr(_STATE, "on", False) and not tf.executing_eagerly()
