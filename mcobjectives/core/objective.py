@@ -109,6 +109,21 @@ class ObjectiveResult(NamedTuple):
         return Gradients(model=grads[:n], inference=grads[n:])
 
 
+def result_of(value: tf.Tensor, total: tf.Tensor, stopped: tf.Tensor) -> ObjectiveResult:
+    """The `ObjectiveResult` of per-data-point values [B], a surrogate [B] and the stopped
+    log weights [K, B]: the loss carries the surrogate's gradient and the value's number.
+
+    total - stop_gradient(total) is exactly 0 (the surrogate is finite), so the loss is
+    exactly -mean(value), +inf where a value is -inf.
+    """
+    return ObjectiveResult(
+        loss=-tf.reduce_mean(value + (total - tf.stop_gradient(total))),
+        bound=tf.stop_gradient(value),
+        log_weights=stopped,
+        ess=weights.effective_sample_size(stopped),
+    )
+
+
 class MCObjective(tf.Module, metaclass=abc.ABCMeta):
     """A Monte Carlo objective: a bound on log p(x) and its gradient estimators.
 
@@ -299,12 +314,4 @@ class MCObjective(tf.Module, metaclass=abc.ABCMeta):
         total = surrogate.assemble(coefficients, path, draw, path_ratio)
         if use_gdreg:
             total += gdreg.correction(q, log_joint, draw.z, coefficients.model, stopped)
-        # total - stop_gradient(total) is exactly 0 (the surrogate is finite), so the loss
-        # is exactly -mean(value), +inf where a value is -inf.
-        loss = -tf.reduce_mean(value + (total - tf.stop_gradient(total)))
-        return ObjectiveResult(
-            loss=loss,
-            bound=tf.stop_gradient(value),
-            log_weights=stopped,
-            ess=weights.effective_sample_size(stopped),
-        )
+        return result_of(value, total, stopped)

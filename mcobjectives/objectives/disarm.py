@@ -18,7 +18,13 @@ import tensorflow_probability as tfp
 
 from mcobjectives import weights
 from mcobjectives.core import checks, surrogate, validation
-from mcobjectives.core.objective import Coefficients, GradientPath, MCObjective, ObjectiveResult
+from mcobjectives.core.objective import (
+    Coefficients,
+    GradientPath,
+    MCObjective,
+    ObjectiveResult,
+    result_of,
+)
 from mcobjectives.sampling.antithetic import antithetic_sample
 
 tfd = tfp.distributions
@@ -172,13 +178,7 @@ class DisARM(MCObjective):
                 total += self._logits_term(
                     signal, draws.logits[p][layer], draws.bits[p][layer], draws.bits[other][layer]
                 )
-        loss = -tf.reduce_mean(value + (total - tf.stop_gradient(total)))
-        return ObjectiveResult(
-            loss=loss,
-            bound=tf.stop_gradient(value),
-            log_weights=stopped,
-            ess=weights.effective_sample_size(stopped),
-        )
+        return result_of(value, total, stopped)
 
     @staticmethod
     def _logits_term(signal, logits, bits, antithetic_bits) -> tf.Tensor:
