@@ -55,6 +55,10 @@ def run(tmp_path_factory):
     return first, out_dir, env
 
 
+# Slow: the run of three example processes; tests/test_benchmark_mnist_objectives.py
+# checks the same record, resume and figure steps of the MNIST benchmark by default,
+# and the in-process tests below this script's budget and summary.
+@pytest.mark.slow
 def test_every_objective_gets_a_record_of_its_example_run_at_the_budget(run):
     completed, out_dir, _ = run
     results = json.loads((out_dir / "results.json").read_text())
@@ -73,6 +77,7 @@ def test_every_objective_gets_a_record_of_its_example_run_at_the_budget(run):
     assert "| vimco (K=6) | 1 |" in completed.stdout  # the table, with its seed count
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_runs_and_another_budget_is_refused(run):
     _, out_dir, env = run
     before = (out_dir / "results.json").read_text()
@@ -84,6 +89,7 @@ def test_a_rerun_skips_finished_runs_and_another_budget_is_refused(run):
     assert other.returncode != 0 and "another --out_dir" in other.stderr
 
 
+@pytest.mark.slow
 def test_the_figure_is_redrawn_from_results_json_alone(run, tmp_path):
     _, out_dir, _ = run
     module = load_script("sbn_objectives")

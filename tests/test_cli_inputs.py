@@ -459,6 +459,8 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
         assert again.held and again.stale_owner is None
 
 
+# Slow: two training processes; the lock's refusal is checked in process just above.
+@pytest.mark.slow
 def test_second_run_in_the_same_out_dir_is_refused(tmp_path):
     """While a run trains in an out_dir, a second one there exits 1 naming its PID."""
     env = _offline_env(tmp_path)

@@ -20,20 +20,25 @@ from collections.abc import Iterator
 
 import tensorflow as tf
 
-__all__ = ["compiled_pieces", "compiling_pieces"]
+__all__ = ["compiled_pieces", "compiling_pieces", "flag_scope"]
 
 _STATE = threading.local()
 
 
 @contextlib.contextmanager
-def compiled_pieces() -> Iterator[None]:
-    """Within it (per thread, at trace time), the pieces above are traced jit-compiled."""
-    previous = getattr(_STATE, "on", False)
-    _STATE.on = True
+def flag_scope(state: threading.local, name: str) -> Iterator[None]:
+    """`state.<name>` is True within the block and as before after it (blocks nest)."""
+    previous = getattr(state, name, False)
+    setattr(state, name, True)
     try:
         yield
     finally:
-        _STATE.on = previous
+        setattr(state, name, previous)
+
+
+def compiled_pieces():
+    """Within it (per thread, at trace time), the pieces above are traced jit-compiled."""
+    return flag_scope(_STATE, "on")
 
 
 def compiling_pieces() -> bool:

@@ -10,6 +10,8 @@ normal CDF, evaluated in float64; `noise`) and pushes the noise through the
 distribution's own reparameterization (`reparameterization`). Draws then agree across
 eager, `tf.function` and XLA execution up to the last bits of `ndtri` (about 1e-12
 relative in float64, 1e-10 in the far tails; float32 draws are rounded from float64).
+`mcobjectives.log_marginal_estimate` turns the same bits into float32 normals by a
+float32 quantile instead (AS 241), within 6 float32 ulps of these (`noise`).
 
 `sample(q, n, seed)` recognises these families and their compositions:
 
