@@ -51,18 +51,19 @@ def _in_block(x, logits):
         return _log_prob(x, logits)
 
 
+def _assert_close(fused, atol, **references):
+    """Prints max |fused - reference| for each reference, then asserts each within atol."""
+    gaps = {name: np.max(np.abs(fused - value)) for name, value in references.items()}
+    print(", ".join(f"max |fused - {name}| {gap}" for name, gap in gaps.items()))
+    for name, value in references.items():
+        np.testing.assert_allclose(fused, value, rtol=0, atol=atol, err_msg=name)
+
+
 def test_compiled_pieces_equal_the_plain_sum_and_tfp_to_float_rounding():
     plain = tf.function(_log_prob, autograph=False)(PIXELS, LOGITS).numpy()
     fused = tf.function(_in_block, autograph=False)(PIXELS, LOGITS).numpy()
     tfp_value = tfd.Independent(tfd.Bernoulli(logits=LOGITS), 1).log_prob(PIXELS).numpy()
-    print(
-        "max |fused - plain|",
-        np.max(np.abs(fused - plain)),
-        "vs TFP",
-        np.max(np.abs(fused - tfp_value)),
-    )
-    np.testing.assert_allclose(fused, plain, rtol=0, atol=1e-2)
-    np.testing.assert_allclose(fused, tfp_value, rtol=0, atol=1e-2)
+    _assert_close(fused, 1e-2, plain=plain, tfp=tfp_value)
 
 
 def _ops_of(fn):
@@ -120,14 +121,7 @@ def test_compiled_pieces_give_the_noise_of_a_compiled_graph_from_the_same_bits()
     plain = tf.function(_normals, autograph=False)(seed).numpy()
     xla = tf.function(_normals, jit_compile=True, autograph=False)(seed).numpy()
     fused = tf.function(_normals_in_block, autograph=False)(seed).numpy()
-    print(
-        "max |fused - plain|",
-        np.max(np.abs(fused - plain)),
-        "|fused - xla|",
-        np.max(np.abs(fused - xla)),
-    )
-    np.testing.assert_allclose(fused, plain, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(fused, xla, rtol=0, atol=1e-12)
+    _assert_close(fused, 1e-12, plain=plain, xla=xla)
     np.testing.assert_array_equal(_normals_in_block(seed), _normals(seed))  # eagerly: unchanged
 
 

@@ -87,13 +87,7 @@ def _cases_in_modes():
 
 
 def _parameters(seed: int = 0):
-    """A point where every parameter is off its optimum, so the weights are uneven."""
-    rng = np.random.default_rng(seed)
-    mu = rng.normal(size=D)
-    x = mu + np.sqrt(2.0) * rng.normal(size=(B, D))
-    A = 0.5 * np.eye(D) + 0.3 * rng.normal(size=(D, D))
-    b = mu / 2 + 0.3 * rng.normal(size=D)
-    return mu, A, b, x
+    return toy.off_optimum_parameters(D, B, seed)
 
 
 @pytest.mark.parametrize(("objective", "estimator", "kwargs", "mode"), _cases_in_modes())
@@ -107,9 +101,7 @@ def test_loss_and_gradients_match_hand_derivation(objective, estimator, kwargs, 
 
     result, d_mu, d_A, d_b = in_mode(run, mode)(seed)
     # Replay the noise the objective drew (documented: sampling.sample with the same seed).
-    q = toy.make_q(tf.constant(A), tf.constant(b), tf.constant(x))
-    z = mco.sampling.sample(q, objective.num_samples, seed).numpy()
-    eps = (z - (x @ A.T + b)) / toy.SIGMA
+    eps = toy.replayed_noise(A, b, x, objective.num_samples, seed)
 
     loss, r_mu, r_A, r_b, values = reference.batch_loss_and_grads(
         estimator, mu, A, b, x, eps, toy.SIGMA, **kwargs

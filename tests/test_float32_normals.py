@@ -10,9 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 import mcobjectives as mco
 from mcobjectives.sampling import noise
+
+tfd = tfp.distributions
 
 _ALL_BITS = np.arange(2**24, dtype=np.uint32) << 8  # every value of the top 24 bits
 
@@ -61,3 +64,25 @@ def test_float32_normals_scope_changes_only_float32_draws_and_by_ulps():
     np.testing.assert_array_equal(after32, before32)  # the scope ends with its block
     assert not np.array_equal(inside32, before32)  # the float32 quantile was used
     np.testing.assert_allclose(inside32, before32, rtol=1e-6, atol=1e-6)
+
+
+def test_log_marginal_estimate_draws_its_float32_normals_by_the_float32_quantile():
+    """With K = 1, log p(x, z) = log q(z) + z makes each estimate the drawn normal itself
+    (up to the rounding of adding and removing log q): it is the float32 quantile's draw,
+    not the float64 path's, which `sampling.sample` outside the estimate gives."""
+    q = tfd.Normal(tf.zeros(2000), tf.ones(2000))
+
+    def log_joint(z):
+        return q.log_prob(z) + z
+
+    def replayed(z):
+        return log_joint(z)[0] - q.log_prob(z)[0]
+
+    seed = (3, 9)
+    chunk_seed = tf.random.experimental.stateless_split(mco.sampling.stateless_seed(seed), 1)[0]
+    estimate = mco.log_marginal_estimate(q, log_joint, seed, num_samples=1, chunk_size=1)
+    with noise.float32_normals():
+        new = replayed(mco.sampling.sample(q, 1, chunk_seed))
+    old = replayed(mco.sampling.sample(q, 1, chunk_seed))
+    np.testing.assert_array_equal(estimate, new)
+    assert not np.array_equal(estimate, old)

@@ -62,6 +62,15 @@ OBJECTIVES = {
 }
 
 
+def _both_estimators(name: str, mode: str, run) -> dict:
+    """{"standard": ..., "gdreg": ...}: run(objective) in `mode` for each prior estimator."""
+    results = {}
+    for estimator in ("standard", "gdreg"):
+        objective = OBJECTIVES[name](estimator)
+        results[estimator] = in_mode(lambda objective=objective: run(objective), mode)()
+    return results
+
+
 # The bijector path (MultivariateNormalDiag) is the same for every objective: IWAE only.
 @pytest.mark.parametrize(
     ("name", "kind"),
@@ -70,12 +79,9 @@ OBJECTIVES = {
 def test_gdreg_prior_gradient_of_a_learned_normal_prior_is_the_numpy_derivation(name, kind, mode):
     d = _one_layer_data()
     seed = tf.constant([3, 7], tf.int32)
-    results = {}
-    for estimator in ("standard", "gdreg"):
-        objective = OBJECTIVES[name](estimator)
-        results[estimator] = in_mode(
-            lambda objective=objective: _one_layer(objective, seed=seed, kind=kind, **d), mode
-        )()
+    results = _both_estimators(
+        name, mode, lambda objective: _one_layer(objective, seed=seed, kind=kind, **d)
+    )
     q = tfd.Independent(tfd.Normal(tf.linalg.matvec(d["A"], d["x"]) + d["b"], SIGMA), 1)
     z = mco.sampling.sample(q, 5, seed).numpy()
     m = (tf.linalg.matvec(d["A"], d["x"]) + d["b"]).numpy()
@@ -158,12 +164,7 @@ def _two_layer(objective, d, seed):
 def test_gdreg_prior_gradient_of_a_learned_hierarchical_prior_is_the_numpy_derivation(name, mode):
     d = _two_layer_data()
     seed = tf.constant([5, 11], tf.int32)
-    results = {}
-    for estimator in ("standard", "gdreg"):
-        objective = OBJECTIVES[name](estimator)
-        results[estimator] = in_mode(
-            lambda objective=objective: _two_layer(objective, d, seed), mode
-        )()
+    results = _both_estimators(name, mode, lambda objective: _two_layer(objective, d, seed))
     q, m1 = _two_layer_q(d)
     z = mco.sampling.sample(q, 5, seed)
     z1, z2, m1 = z["z1"].numpy(), z["z2"].numpy(), m1.numpy()

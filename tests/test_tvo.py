@@ -35,12 +35,7 @@ USER = (0.0, 0.3, 0.7, 1.0)
 
 
 def _parameters(seed=0, batch=B):
-    rng = np.random.default_rng(seed)
-    mu = rng.normal(size=D)
-    x = mu + np.sqrt(2.0) * rng.normal(size=(batch, D))
-    A = 0.5 * np.eye(D) + 0.3 * rng.normal(size=(D, D))
-    b = mu / 2 + 0.3 * rng.normal(size=D)
-    return mu, A, b, x
+    return toy.off_optimum_parameters(D, batch, seed)
 
 
 # ------------------------------------------------------------ exact, in every mode
@@ -65,9 +60,7 @@ def test_tvo_on_the_toy_gaussian_matches_the_numpy_derivation(case, mode):
         return toy.loss_and_grads(objective, mu, A, b, tf.constant(x), seed)
 
     result, d_mu, d_A, d_b = in_mode(run, mode)(seed)
-    q = toy.make_q(tf.constant(A), tf.constant(b), tf.constant(x))
-    z = mco.sampling.sample(q, num_samples, seed).numpy()
-    eps = (z - (x @ A.T + b)) / toy.SIGMA
+    eps = toy.replayed_noise(A, b, x, num_samples, seed)
     loss, r_mu, r_A, r_b, values = reference.batch_loss_and_grads(
         reference_tvo.toy_tvo,
         mu,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -42,3 +43,22 @@ def loss_and_grads(objective, mu, A, b, x, seed, sigma=SIGMA):
         result = objective(make_q(A, b, x, sigma), make_log_joint(mu, x), seed=seed)
     grads = result.gradients(tape, [mu], [A, b])
     return result, grads.model[0], grads.inference[0], grads.inference[1]
+
+
+def off_optimum_parameters(dim: int, batch: int, seed: int = 0):
+    """NumPy (mu, A, b, x): a point where every parameter is off its optimum, so that
+    the importance weights are uneven; x [batch, dim]."""
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=dim)
+    x = mu + np.sqrt(2.0) * rng.normal(size=(batch, dim))
+    A = 0.5 * np.eye(dim) + 0.3 * rng.normal(size=(dim, dim))
+    b = mu / 2 + 0.3 * rng.normal(size=dim)
+    return mu, A, b, x
+
+
+def replayed_noise(A, b, x, num_samples: int, seed, sigma=SIGMA) -> np.ndarray:
+    """The standard normal noise eps [S, B, D] an objective drew with `seed` from q(z|x):
+    replayed by `sampling.sample` with the same seed, as documented."""
+    z = mco.sampling.sample(make_q(tf.constant(A), tf.constant(b), tf.constant(x), sigma),
+                            num_samples, seed).numpy()  # fmt: skip
+    return (z - (x @ A.T + b)) / sigma

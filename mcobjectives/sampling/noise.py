@@ -127,7 +127,7 @@ def noise(shape, seed, dtype, example_axis: int, transform) -> tf.Tensor:
 
 @tf.function(jit_compile=True, autograph=False)
 def _compiled_noise(shape, seed, dtype, transform) -> tf.Tensor:
-    """transform(uniform(shape, seed, dtype)) in one XLA computation (no gradient needed:
+    """`_draw(shape, seed, dtype, transform)` in one XLA computation (no gradient needed:
     noise is a function of the seed alone)."""
     return _draw(shape, seed, dtype, transform)
 
@@ -179,7 +179,7 @@ def normal32_of_bits(bits: tf.Tensor) -> tf.Tensor:
     = (min(m, 2^24 - 1 - m) + 1/2) 2^-24 is exact in float32 (no rounding of u near 1).
     N^-1(t) is AS 241's PPND7 [1]. Over all 2^24 values of m, measured against float64
     ndtri: at most 6 float32 ulps (relative error below 4e-7), both on TensorFlow's
-    kernels and under XLA (`tests/test_sampling.py` checks every value).
+    kernels and under XLA (`tests/test_float32_normals.py` checks every value).
     """
     m = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.int32)
     upper = m >= 2**23
