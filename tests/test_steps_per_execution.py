@@ -168,6 +168,63 @@ def test_after_a_stall_training_resumes_with_a_fresh_count():
     assert history["nonfinite_steps"] == [2]
 
 
+def test_a_run_already_stalled_when_fit_starts_stops_it_at_the_first_batch():
+    """The stall callback reads the counters after a batch that skipped a step and after
+    the first batch of every fit: a run stalled before `fit` (here set by hand) takes no
+    step and raises there."""
+    model = _model(mco.IWAE(K), max_nonfinite_steps=2)
+    model.compile(keras.optimizers.Adam(1e-2))
+    model(X[:BATCH])
+    model.nonfinite_run.assign(2)
+    with pytest.raises(FloatingPointError, match="2 consecutive training steps"):
+        model.fit(X, batch_size=BATCH, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations) == 0 and int(model.nonfinite_run) == 0
+
+
+# --- fit and evaluate with one step per execution: the step's own function --------------
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["tf.function", "xla"])
+def test_one_step_per_execution_gives_the_weights_logs_and_evaluation_of_keras_functions(
+    jit_compile, monkeypatch
+):
+    """Without a strategy `fit` and `evaluate` call the step's own `tf.function`
+    (`mcobjectives.keras.step_functions`); Keras's functions around the same step, forced
+    here, give the same weights, logs and evaluation bit for bit. 6 full batches and a
+    last one of 2 (a second batch shape, relaxed by `reduce_retracing`) over two epochs."""
+    x = X[:-2]
+    runs = []
+    for own in (True, False):
+        if not own:
+            monkeypatch.setattr(mco.keras.model, "one_step_function", lambda *args: None)
+        model, history = _fit(lambda: mco.IWAE(K), 1, x, jit_compile=jit_compile)
+        evaluation = model.evaluate(x, batch_size=BATCH, verbose=0, return_dict=True)
+        runs.append((model, history, evaluation))
+    (own, history_own, evaluation_own), (kept, history_kept, evaluation_kept) = runs
+    assert int(own.optimizer.iterations) == int(kept.optimizer.iterations) == 2 * NUM_BATCHES
+    _same_weights(own, kept)
+    _same_history(history_own, history_kept)
+    assert evaluation_own == evaluation_kept
+
+
+def test_the_step_own_function_is_used_only_where_keras_own_adds_nothing():
+    """Keras's functions remain for several steps per execution, `run_eagerly` and a
+    distribution strategy; the step's own function replaces them elsewhere."""
+    from mcobjectives.keras.step_functions import one_step_function
+
+    def compiled(**kwargs):
+        model = _model(mco.IWAE(K))
+        model.compile(keras.optimizers.Adam(1e-2), **kwargs)
+        return model
+
+    assert callable(one_step_function(compiled(), lambda data: data))
+    assert one_step_function(compiled(steps_per_execution=2), lambda data: data) is None
+    assert one_step_function(compiled(run_eagerly=True), lambda data: data) is None
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        model = compiled()
+    assert one_step_function(model, lambda data: data) is None
+
+
 # --- make_train_step(..., steps_per_call=N) ---------------------------------------------
 
 

@@ -96,8 +96,19 @@ def stalled_error(model) -> FloatingPointError | None:
 
 
 class StopWhenStalled(keras.callbacks.Callback):
-    """Calls the model's `raise_if_stalled` after every training batch (XLA or not)."""
+    """Calls the model's `raise_if_stalled` after a training batch (XLA or not) whose
+    `nonfinite_steps` log differs from the last batch's, and after the first of each
+    `fit`. A run of skipped steps grows with that count, and a run that stalls raises
+    at the batch that completes it, so a batch that skipped nothing needs no read of the
+    model's counters (a host read of a variable per batch, the largest cost of a small
+    step's callbacks). Logs without the count (a subclass's own `train_step`) are checked
+    after every batch."""
+
+    def on_train_begin(self, logs=None):
+        self._last_count = None
 
     def on_train_batch_end(self, batch, logs=None):
-        del batch, logs
-        self.model.raise_if_stalled()
+        count = (logs or {}).get("nonfinite_steps")
+        if count is None or count != self._last_count:
+            self._last_count = count
+            self.model.raise_if_stalled()
