@@ -340,24 +340,18 @@ class ImportanceWeightedAutoencoder(ModelSaving, Generation, keras.Model):
 
     def make_train_function(self, force: bool = False):
         """Keras's hook: the function `fit` calls per batch; see `step_functions`."""
-        if self.train_function is not None and not force:
-            return self.train_function
-        function = one_step_function(self, self.train_step)
-        if function is None:
-            super().make_train_function(force=force)
-        else:
-            self.train_function = function
+        if self.train_function is None or force:
+            self.train_function = one_step_function(self, self.train_step)
+            if self.train_function is None:
+                super().make_train_function(force=True)
         return self.train_function
 
     def make_test_function(self, force: bool = False):
         """Keras's hook: the function `evaluate` calls per batch; see `step_functions`."""
-        if self.test_function is not None and not force:
-            return self.test_function
-        function = one_step_function(self, self.test_step)
-        if function is None:
-            super().make_test_function(force=force)
-        else:
-            self.test_function = function
+        if self.test_function is None or force:
+            self.test_function = one_step_function(self, self.test_step)
+            if self.test_function is None:
+                super().make_test_function(force=True)
         return self.test_function
 
     def raise_if_stalled(self) -> None:
