@@ -5,10 +5,13 @@ Burda et al.'s one-stochastic-layer MNIST model (`_harness.burda_model`, 784-200
 trained with IWAE(K) and Adam, XLA (jit_compile=True) throughout, on synthetic binary
 images. Every configuration gets its own model from the same seed. A round times
 `--steps` steps of each configuration in turn (a `fit` call of that many steps, or that
-many steps of a `make_train_step` loop ending with one host read of the last logs); the
+many steps of a `make_train_step` loop ending with one host read of the last logs: "loop"
+over batches already in memory as tensors, "data loop" over the `tf.data` pipeline that
+`fit` reads, as a user's loop would); the
 minimum over `--rounds` rounds is reported, with the ratios the issue's targets name:
 
   fit(spe=1) / loop(spc=1)       `fit`'s cost per step over the hand-written loop's
+  fit(spe=1) / data loop(spc=1)  the same against a loop over fit's own tf.data pipeline
   fit(spe=10) / fit(spe=1)       what ten steps per execution save in `fit`
   loop(spc=10) / loop(spc=1)     the same for `make_train_step`
 
@@ -44,13 +47,21 @@ def images(batch_size: int, seed: int) -> np.ndarray:
     return _harness.binarize(half, rng)
 
 
+def pipeline(x: np.ndarray, batch_size: int, steps: int, stacked: int = 1) -> tf.data.Dataset:
+    """`steps` batches of x, the same every pass (cached), prefetched; with `stacked` > 1,
+    `stacked` batches stacked per element (`make_train_step`'s steps_per_call)."""
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(batch_size, drop_remainder=True)
+    dataset = dataset.repeat().take(steps)
+    if stacked > 1:
+        dataset = dataset.batch(stacked, drop_remainder=True)
+    return dataset.cache().prefetch(tf.data.AUTOTUNE)
+
+
 def fit_runner(k: int, x: np.ndarray, batch_size: int, spe: int, steps: int, seed: int):
     """A function of no argument running `steps` steps of `fit`, warmed up (traced, compiled)."""
     model = _harness.burda_model(mco.IWAE(k), x[:batch_size], seed)
     model.compile(_harness.adam(), steps_per_execution=spe, jit_compile=True)
-    dataset = tf.data.Dataset.from_tensor_slices(x).batch(batch_size, drop_remainder=True)
-    dataset = dataset.repeat().take(steps).cache()  # the same `steps` batches every call
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset = pipeline(x, batch_size, steps)
 
     def run():
         model.fit(dataset, epochs=1, verbose=0, shuffle=False)
@@ -59,8 +70,11 @@ def fit_runner(k: int, x: np.ndarray, batch_size: int, spe: int, steps: int, see
     return run
 
 
-def loop_runner(k: int, x: np.ndarray, batch_size: int, spc: int, steps: int, seed: int):
-    """A function of no argument running `steps` steps of a `make_train_step` loop."""
+def loop_runner(
+    k: int, x: np.ndarray, batch_size: int, spc: int, steps: int, seed: int, data: bool = False
+):
+    """A function of no argument running `steps` steps of a `make_train_step` loop, over
+    tensors in memory or (`data`) over fit's `tf.data` pipeline."""
     if steps % spc:
         raise ValueError(f"--steps {steps} must be a multiple of steps_per_call {spc}")
     model = _harness.burda_model(mco.IWAE(k), x[:batch_size], seed)
@@ -70,11 +84,16 @@ def loop_runner(k: int, x: np.ndarray, batch_size: int, spc: int, steps: int, se
         index = np.arange(spc * DISTINCT_BATCHES) % DISTINCT_BATCHES
         per_call = per_call[index].reshape(DISTINCT_BATCHES, spc, batch_size, x.shape[-1])
     calls = [tf.constant(b) for b in per_call]
+    dataset = pipeline(x, batch_size, steps, spc)
 
     def run():
         logs = None
-        for i in range(steps // spc):
-            logs = step(calls[i % len(calls)])
+        if data:
+            for batch in dataset:
+                logs = step(batch)
+        else:
+            for i in range(steps // spc):
+                logs = step(calls[i % len(calls)])
         logs["loss"].numpy()
 
     run()
@@ -100,6 +119,9 @@ def main(argv=None) -> dict:
         for n in blocks:
             runners[f"fit(spe={n})"] = fit_runner(k, x, args.batch_size, n, args.steps, args.seed)
             runners[f"loop(spc={n})"] = loop_runner(k, x, args.batch_size, n, args.steps, args.seed)
+            runners[f"data loop(spc={n})"] = loop_runner(
+                k, x, args.batch_size, n, args.steps, args.seed, data=True
+            )
         times = {name: [] for name in runners}
         for _ in range(args.rounds):
             for name, run in runners.items():  # interleaved: a slow spell hits every one
@@ -111,20 +133,24 @@ def main(argv=None) -> dict:
         print(f"K = {k}, B = {args.batch_size}: ms per step (min of {args.rounds} x {args.steps})")
         for name, value in best.items():
             print(
-                f"  {name:14s} {value:8.3f}   rounds: " + " ".join(f"{t:.2f}" for t in times[name])
+                f"  {name:19s} {value:8.3f}   rounds: " + " ".join(f"{t:.2f}" for t in times[name])
             )
         low, high = blocks[0], blocks[-1]
         ratios = {
             f"fit(spe={low}) / loop(spc={low})": best[f"fit(spe={low})"] / best[f"loop(spc={low})"],
             f"fit(spe={high}) / loop(spc={high})": best[f"fit(spe={high})"]
             / best[f"loop(spc={high})"],
+            f"fit(spe={low}) / data loop(spc={low})": best[f"fit(spe={low})"]
+            / best[f"data loop(spc={low})"],
+            f"fit(spe={high}) / data loop(spc={high})": best[f"fit(spe={high})"]
+            / best[f"data loop(spc={high})"],
             f"fit(spe={high}) / fit(spe={low})": best[f"fit(spe={high})"] / best[f"fit(spe={low})"],
             f"loop(spc={high}) / loop(spc={low})": best[f"loop(spc={high})"]
             / best[f"loop(spc={low})"],
         }
         results["ms_per_step"][f"K={k}"]["ratios"] = ratios
         for name, value in ratios.items():
-            print(f"  {name:32s} {value:.3f}")
+            print(f"  {name:38s} {value:.3f}")
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(_harness.jsonable(results), indent=1))
     return results

@@ -393,5 +393,6 @@ def test_the_keras_loop_benchmark_runs_and_prints_its_ratios(tmp_path):
                "--steps", "10", "--rounds", "1", "--blocks", "1,2", "--out", str(out)]  # fmt: skip
     printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert "fit(spe=2) / fit(spe=1)" in printed and "loop(spc=2) / loop(spc=1)" in printed
+    assert "fit(spe=1) / data loop(spc=1)" in printed
     ratios = json.loads(out.read_text())["ms_per_step"]["K=1"]["ratios"]
     assert all(value > 0 for value in ratios.values())

@@ -10,7 +10,8 @@ private Keras names of `mcobjectives._compat`. Its public names are spelled at t
 steps, metrics), `batches` (a batch unpacked once, its shapes checked), `log_joint`
 (log p(x, z) of the networks), `seeds`, `variables` (model and inference variables),
 `gradients` (one batch's gradients, in one list), `step_guard` (the non-finite step
-guard), `train_step` (`make_train_step`), `log_marginal`, `model_saving` (the model's
+guard), `step_functions` (the functions `fit` and `evaluate` call per batch),
+`train_step` (`make_train_step`), `log_marginal`, `model_saving` (the model's
 saving hooks), `saving` (the checked loaders) and `serialization` (configs of
 objectives and fixed priors).
 
