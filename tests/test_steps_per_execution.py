@@ -196,7 +196,7 @@ def test_one_step_per_execution_gives_the_weights_logs_and_evaluation_of_keras_f
     runs = []
     for own in (True, False):
         if not own:
-            monkeypatch.setattr(mco.keras.model, "one_step_function", lambda *args: None)
+            monkeypatch.setattr(mco.keras.step_functions, "one_step_function", lambda *args: None)
         model, history = _fit(lambda: mco.IWAE(K), 1, x, jit_compile=jit_compile)
         evaluation = model.evaluate(x, batch_size=BATCH, verbose=0, return_dict=True)
         runs.append((model, history, evaluation))

@@ -64,7 +64,7 @@ from mcobjectives.keras.generation import Generation
 from mcobjectives.keras.log_joint import call_network, check_prior_context, model_log_joint
 from mcobjectives.keras.log_marginal import LogMarginal
 from mcobjectives.keras.model_saving import ModelSaving
-from mcobjectives.keras.step_functions import one_step_function
+from mcobjectives.keras.step_functions import OneStepFunctions
 
 tfd = tfp.distributions
 
@@ -104,7 +104,7 @@ def _check_arguments(encoder, decoder, prior, objective, seed, max_nonfinite_ste
 
 
 @keras.saving.register_keras_serializable(package="mcobjectives")
-class ImportanceWeightedAutoencoder(ModelSaving, Generation, keras.Model):
+class ImportanceWeightedAutoencoder(ModelSaving, Generation, OneStepFunctions, keras.Model):
     """A variational autoencoder whose training objective is any `MCObjective`.
 
     Example (Burda et al. 2016's one-stochastic-layer MNIST model, trained with DReG):
@@ -338,28 +338,11 @@ class ImportanceWeightedAutoencoder(ModelSaving, Generation, keras.Model):
         result = self._objective_result(batch, seeds.evaluation_seed_for(self, batch), False)
         return self._update_metrics(result, tf.constant(True))
 
-    def make_train_function(self, force: bool = False):
-        """Keras's hook: the function `fit` calls per batch; see `step_functions`."""
-        if self.train_function is None or force:
-            self.train_function = one_step_function(self, self.train_step)
-            if self.train_function is None:
-                super().make_train_function(force=True)
-        return self.train_function
-
-    def make_test_function(self, force: bool = False):
-        """Keras's hook: the function `evaluate` calls per batch; see `step_functions`."""
-        if self.test_function is None or force:
-            self.test_function = one_step_function(self, self.test_step)
-            if self.test_function is None:
-                super().make_test_function(force=True)
-        return self.test_function
-
     def raise_if_stalled(self) -> None:
         """Raises FloatingPointError once `max_nonfinite_steps` consecutive steps were skipped.
 
-        `fit` calls it after the first batch and after every batch that skipped a step
-        (a callback, `step_guard.StopWhenStalled`, so that it holds under XLA, which
-        compiles assertions away); the step of `make_train_step` calls it every time.
+        `fit` calls it after its first batch and each batch that skipped a step (a callback,
+        so that it holds under XLA, which compiles assertions away); `make_train_step`, always.
         """
         if (error := step_guard.stalled_error(self)) is not None:
             self.nonfinite_run.assign(0)  # training may resume: see `step_guard`

@@ -24,7 +24,7 @@ from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["one_step_function"]
+__all__ = ["OneStepFunctions", "one_step_function"]
 
 
 def _single_replica(model) -> bool:
@@ -53,3 +53,24 @@ def one_step_function(model, step_function: Callable) -> Callable[[Any], Any] | 
         return step(next(iterator))
 
     return function
+
+
+class OneStepFunctions:
+    """The model's `make_train_function` and `make_test_function` (a mixin before
+    `keras.Model`): the step's own function where `one_step_function` gives one, else
+    Keras's."""
+
+    def make_train_function(self, force: bool = False):
+        """Keras's hook: the function `fit` calls per batch."""
+        return self._own_or_keras("train_function", self.train_step, force)
+
+    def make_test_function(self, force: bool = False):
+        """Keras's hook: the function `evaluate` calls per batch."""
+        return self._own_or_keras("test_function", self.test_step, force)
+
+    def _own_or_keras(self, name: str, step_function: Callable, force: bool):
+        if getattr(self, name) is None or force:
+            setattr(self, name, one_step_function(self, step_function))
+            if getattr(self, name) is None:  # Keras's own: make_train_function, ...
+                getattr(super(), f"make_{name}")(force=True)
+        return getattr(self, name)
