@@ -79,21 +79,20 @@ def loop_runner(
         raise ValueError(f"--steps {steps} must be a multiple of steps_per_call {spc}")
     model = _harness.burda_model(mco.IWAE(k), x[:batch_size], seed)
     step = mco.make_train_step(model, _harness.adam(), jit_compile=True, steps_per_call=spc)
-    per_call = x.reshape(-1, batch_size, x.shape[-1])
-    if spc > 1:
-        index = np.arange(spc * DISTINCT_BATCHES) % DISTINCT_BATCHES
-        per_call = per_call[index].reshape(DISTINCT_BATCHES, spc, batch_size, x.shape[-1])
-    calls = [tf.constant(b) for b in per_call]
-    dataset = pipeline(x, batch_size, steps, spc)
+    if data:
+        batches = pipeline(x, batch_size, steps, spc)
+    else:  # tensors in memory, cycled over
+        per_call = x.reshape(-1, batch_size, x.shape[-1])
+        if spc > 1:
+            index = np.arange(spc * DISTINCT_BATCHES) % DISTINCT_BATCHES
+            per_call = per_call[index].reshape(DISTINCT_BATCHES, spc, batch_size, x.shape[-1])
+        calls = [tf.constant(b) for b in per_call]
+        batches = [calls[i % len(calls)] for i in range(steps // spc)]
 
     def run():
         logs = None
-        if data:
-            for batch in dataset:
-                logs = step(batch)
-        else:
-            for i in range(steps // spc):
-                logs = step(calls[i % len(calls)])
+        for batch in batches:
+            logs = step(batch)
         logs["loss"].numpy()
 
     run()
