@@ -3,7 +3,9 @@
 `tests/data/fingerprints.npz` holds draws, bounds, losses, gradients (float64 and float32)
 of every objective on the toy Gaussian, sampled values of several distributions, and the
 losses, weights and log p^(x) of three Keras models after two epochs, all written by
-`python -m tests.fingerprints` before the code moved. On the machine that recorded them
+`python -m tests.fingerprints` before the code moved (the float32 entries again when
+float32 draws moved to the float32 quantile, `CHANGELOG.md`; the float64 ones are those
+first recorded). On the machine that recorded them
 they agree bit for bit; the tolerance (1e-6 relative) only absorbs another CPU's rounding.
 """
 

@@ -1,8 +1,9 @@
-"""The float32 normals of the log p(x) estimate: every 24-bit value against float64 ndtri.
+"""The library's float32 normals: every 24-bit value against float64 ndtri.
 
-`sampling.noise.normal32_of_bits` turns the same 24 random bits as the float64 path into
-a float32 normal by AS 241's PPND7 (Wichura 1988). Checked exhaustively, over all 2^24
-values the bits can take, on TensorFlow's kernels and under XLA.
+`sampling.noise.normal32_of_bits` turns 24 random bits into a float32 normal by AS 241's
+PPND7 (Wichura 1988), the quantile of the uniform (m + 1/2) 2^-24. Checked exhaustively,
+over all 2^24 values the bits can take, on TensorFlow's kernels and under XLA; then that
+every float32 draw of the library (training and the estimate of log p(x)) is it.
 """
 
 from __future__ import annotations
@@ -52,24 +53,27 @@ def test_float32_normals_agree_across_modes_and_are_odd():
     np.testing.assert_array_equal(kernels[:half], -kernels[::-1][:half])
 
 
-def test_float32_normals_scope_changes_only_float32_draws_and_by_ulps():
+def test_float32_draws_are_the_float32_quantile_of_their_bits_and_float64_draws_ndtri():
+    """standard_normal in float32 is normal32_of_bits of the seed's bits, within 6 ulps of
+    float64 ndtri of the same 24-bit uniform; in float64 it is ndtri of the 52-bit one."""
     shape, seed = [4000], (7, 8)
-    before32 = mco.sampling.standard_normal(shape, seed, tf.float32).numpy()
-    before64 = mco.sampling.standard_normal(shape, seed, tf.float64).numpy()
-    with noise.float32_normals():
-        inside32 = mco.sampling.standard_normal(shape, seed, tf.float32).numpy()
-        inside64 = mco.sampling.standard_normal(shape, seed, tf.float64).numpy()
-    after32 = mco.sampling.standard_normal(shape, seed, tf.float32).numpy()
-    np.testing.assert_array_equal(inside64, before64)
-    np.testing.assert_array_equal(after32, before32)  # the scope ends with its block
-    assert not np.array_equal(inside32, before32)  # the float32 quantile was used
-    np.testing.assert_allclose(inside32, before32, rtol=1e-6, atol=1e-6)
+    bits = mco.sampling.bits.uint32_bits(shape, mco.sampling.stateless_seed(seed)).numpy()
+    draws32 = mco.sampling.standard_normal(shape, seed, tf.float32).numpy()
+    np.testing.assert_array_equal(draws32, noise.normal32_of_bits(tf.constant(bits)).numpy())
+    u = ((bits >> 8).astype(np.float64) + 0.5) * 2.0**-24
+    truth = tf.math.ndtri(tf.constant(u)).numpy()
+    ulps = np.abs(draws32 - truth) / np.spacing(np.abs(truth).astype(np.float32))
+    print(f"float32 draws: max {ulps.max():.2f} ulps from float64 ndtri of their uniforms")
+    assert ulps.max() < 6
+    draws64 = mco.sampling.standard_normal(shape, seed, tf.float64).numpy()
+    u64 = mco.sampling.bits.uniform(shape, mco.sampling.stateless_seed(seed), tf.float64)
+    np.testing.assert_array_equal(draws64, tf.math.ndtri(u64).numpy())
 
 
-def test_log_marginal_estimate_draws_its_float32_normals_by_the_float32_quantile():
+def test_training_and_the_log_marginal_estimate_draw_the_same_float32_normals():
     """With K = 1, log p(x, z) = log q(z) + z makes each estimate the drawn normal itself
-    (up to the rounding of adding and removing log q): it is the float32 quantile's draw,
-    not the float64 path's, which `sampling.sample` outside the estimate gives."""
+    (up to the rounding of adding and removing log q): the estimate's draws are those of
+    `sampling.sample`, the objectives' sampler, with the same seed."""
     q = tfd.Normal(tf.zeros(2000), tf.ones(2000))
 
     def log_joint(z):
@@ -81,8 +85,7 @@ def test_log_marginal_estimate_draws_its_float32_normals_by_the_float32_quantile
     seed = (3, 9)
     chunk_seed = tf.random.experimental.stateless_split(mco.sampling.stateless_seed(seed), 1)[0]
     estimate = mco.log_marginal_estimate(q, log_joint, seed, num_samples=1, chunk_size=1)
-    with noise.float32_normals():
-        new = replayed(mco.sampling.sample(q, 1, chunk_seed))
-    old = replayed(mco.sampling.sample(q, 1, chunk_seed))
-    np.testing.assert_array_equal(estimate, new)
-    assert not np.array_equal(estimate, old)
+    z = mco.sampling.sample(q, 1, chunk_seed)
+    np.testing.assert_array_equal(estimate, replayed(z))
+    bits = mco.sampling.bits.uint32_bits([1, 2000], chunk_seed)
+    np.testing.assert_array_equal(z, noise.normal32_of_bits(bits))

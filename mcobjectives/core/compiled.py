@@ -3,12 +3,12 @@
 `ImportanceWeightedAutoencoder.log_marginal` without `jit_compile` runs its networks'
 matmuls on TensorFlow's kernels (on a CPU faster than XLA's) but would run its
 elementwise work one TensorFlow kernel per operation, each writing its output out: the
-sampler's integer bits and float64 `ndtri`, and the Bernoulli pixels' softplus before
+sampler's integer bits and the normal quantile, and the Bernoulli pixels' softplus before
 their sum. Inside `compiled_pieces()`, those pieces (`noise.noise`, `PixelBernoulli`'s
 log-probability) are each traced as one jit-compiled function, which XLA fuses. The
 values are the same functions, up to float rounding: the noise is XLA's, the same bits
-as in a fully compiled graph (the uniforms are integer arithmetic; ndtri may differ from
-TensorFlow's kernel in its last bits), and the pixel sum is the same sum in another order.
+as in a fully compiled graph (the uniforms are integer arithmetic; the quantile may
+differ from TensorFlow's kernels in its last bits), and the pixel sum is the same sum in another order.
 Eagerly, and inside an XLA computation (which fuses everything anyway), nothing changes.
 """
 

@@ -13,7 +13,6 @@ from mcobjectives import limits, sampling
 from mcobjectives.core import checks
 from mcobjectives.core.forward import forward
 from mcobjectives.core.objective import LogJoint
-from mcobjectives.sampling.noise import float32_normals
 
 tfd = tfp.distributions
 
@@ -120,23 +119,20 @@ def log_marginal_estimate(
     num_full, remainder = divmod(num_samples, chunk_size)
     seeds = tf.random.experimental.stateless_split(seed, num_full + (1 if remainder else 0))
 
-    # float32 normals by a float32 quantile of the same bits (`sampling.noise`): within
-    # 6 ulps of the float64 path's in every mode, at a fraction of its cost.
-    with float32_normals():
-        # The total's dtype and shape are those of log q, which for a structured or
-        # discrete q are not q.dtype and q.batch_shape: read from log q of one draw. Only
-        # its dtype and shape are used, so a graph with a static batch size prunes it.
-        probe = checks.log_prob(q, sampling.sample(q, 1, seeds[0]))
-        total = tf.fill(tf.shape(probe)[1:], tf.constant(-math.inf, probe.dtype))
+    # The total's dtype and shape are those of log q, which for a structured or
+    # discrete q are not q.dtype and q.batch_shape: read from log q of one draw. Only
+    # its dtype and shape are used, so a graph with a static batch size prunes it.
+    probe = checks.log_prob(q, sampling.sample(q, 1, seeds[0]))
+    total = tf.fill(tf.shape(probe)[1:], tf.constant(-math.inf, probe.dtype))
 
-        def body(i, total):
-            chunk = _chunk_log_sum_exp(q, log_joint, chunk_size, seeds[i], validate_args)
-            return i + 1, _fold(total, chunk)
+    def body(i, total):
+        chunk = _chunk_log_sum_exp(q, log_joint, chunk_size, seeds[i], validate_args)
+        return i + 1, _fold(total, chunk)
 
-        _, total = tf.while_loop(
-            lambda i, _: i < num_full, body, (tf.constant(0), total), maximum_iterations=num_full
-        )
-        if remainder:
-            chunk = _chunk_log_sum_exp(q, log_joint, remainder, seeds[num_full], validate_args)
-            total = _fold(total, chunk)
+    _, total = tf.while_loop(
+        lambda i, _: i < num_full, body, (tf.constant(0), total), maximum_iterations=num_full
+    )
+    if remainder:
+        chunk = _chunk_log_sum_exp(q, log_joint, remainder, seeds[num_full], validate_args)
+        total = _fold(total, chunk)
     return total - tf.constant(math.log(num_samples), total.dtype)

@@ -6,12 +6,11 @@ on CPU its XLA lowering is about 200x slower per number than the kernel. This pa
 therefore makes its own random bits, with the counter-based SplitMix64 generator [1]
 written in uint64 integer arithmetic, which every mode computes exactly and XLA fuses
 into one cheap loop (`bits`). It turns them into standard normal noise (via the inverse
-normal CDF, evaluated in float64; `noise`) and pushes the noise through the
-distribution's own reparameterization (`reparameterization`). Draws then agree across
-eager, `tf.function` and XLA execution up to the last bits of `ndtri` (about 1e-12
-relative in float64, 1e-10 in the far tails; float32 draws are rounded from float64).
-`mcobjectives.log_marginal_estimate` turns the same bits into float32 normals by a
-float32 quantile instead (AS 241), within 6 float32 ulps of these (`noise`).
+normal CDF: `ndtri` in float64, AS 241's quantile in float32; `noise`) and pushes the
+noise through the distribution's own reparameterization (`reparameterization`). Draws
+then agree across eager, `tf.function` and XLA execution up to the last bits of the
+quantile (about 1e-12 relative in float64, 1e-10 in the far tails; within 8 ulps,
+1e-6 relative, in float32).
 
 `sample(q, n, seed)` recognises these families and their compositions:
 

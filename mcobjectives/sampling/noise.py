@@ -1,13 +1,10 @@
 """Noise from uniforms: standard normal, logistic and Gumbel, one seed or one per example.
 
-The uniforms come from `bits.uniform`; each transform is evaluated in float64 (and the
-normal cast to the draw's dtype), so that every mode gives the same noise up to the last
-bits of `ndtri`.
-
-Inside `float32_normals()` (the estimate of log p(x) draws there), float32 normals come
-from the same 24 bits by a float32 quantile instead (`normal32_of_bits`): at most 6
-float32 ulps from the float64 path's, every mode within 6 ulps of every other, and a
-fraction of its cost.
+The random bits come from `bits`. float32 normals are AS 241's quantile [1] of a 24-bit
+uniform, computed in float32 (`normal32_of_bits`): within 6 float32 ulps of float64
+`ndtri` of the same uniform, every mode within 8 ulps of every other. float64 normals,
+logistic and Gumbel noise are evaluated in float64 from 52-bit uniforms (`bits.uniform`),
+so that every mode gives the same noise up to the last bits of `ndtri`.
 
 References:
   [1] Wichura. Algorithm AS 241: The Percentage Points of the Normal Distribution.
@@ -16,19 +13,17 @@ References:
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from mcobjectives.core import checks
-from mcobjectives.core.compiled import compiling_pieces, flag_scope
-from mcobjectives.sampling.bits import uint32_bits, uniform
+from mcobjectives.core.compiled import compiling_pieces
+from mcobjectives.sampling import bits as _bits
 from mcobjectives.sampling.seeds import stateless_seed
 
 __all__ = [
-    "float32_normals",
     "gumbel",
     "logistic",
     "noise",
@@ -36,9 +31,6 @@ __all__ = [
     "normal_of",
     "standard_normal",
 ]
-
-_STATE = threading.local()
-
 
 def _check_float(dtype) -> tf.DType:
     try:
@@ -95,16 +87,18 @@ def standard_normal(
     seed: int | Sequence[int] | np.ndarray | tf.Tensor,
     dtype: tf.DType = tf.float32,
 ) -> tf.Tensor:
-    """Standard normal noise of `shape` that is identical with and without XLA.
+    """Standard normal noise of `shape`, the same with and without XLA (float64 to its last
+    bits, float32 within 8 ulps).
 
     Args:
       shape: the output shape (a list or a 1-D int tensor).
       seed: a stateless seed: an int or a shape-[2] integer tensor.
       dtype: `tf.float32` or `tf.float64`. float32 draws use 24 random bits per
-        number, float64 draws 52.
+        number (`normal32_of_bits`), float64 draws 52.
 
     Returns:
-      A tensor of `shape` and `dtype`, `ndtri(u)` with `u` uniform on (0, 1).
+      A tensor of `shape` and `dtype`, the normal quantile of `u` uniform on (0, 1): in
+      float64 `ndtri(u)`, in float32 AS 241's quantile, within 6 ulps of it.
     """
     dtype = _check_float(dtype)
     shape = _check_shape(shape)
@@ -135,24 +129,19 @@ def _compiled_noise(shape, seed, dtype, transform) -> tf.Tensor:
 def _draw(shape, seed, dtype, transform) -> tf.Tensor:
     """transform of the uniforms of `shape`, or of their uint32 bits if it reads bits."""
     if transform is normal32_of_bits:
-        return transform(uint32_bits(shape, seed))
-    return transform(uniform(shape, seed, dtype))
+        return transform(_bits.uint32_bits(shape, seed))
+    return transform(_bits.uniform(shape, seed, dtype))
 
 
 def normal_of(dtype):
-    """The transform into standard normals of `dtype`: of uniforms, `ndtri` in float64;
-    inside `float32_normals()`, float32 draws read their bits (`normal32_of_bits`)."""
-    if dtype == tf.float32 and getattr(_STATE, "float32", False):
+    """The transform into standard normals of `dtype`: float32 draws read their bits
+    (`normal32_of_bits`); float64 draws are `ndtri` of 52-bit uniforms."""
+    if dtype == tf.float32:
+        # A float32 quantile, not float64 ndtri rounded: a fraction of its cost (the
+        # noise is most of a small step's elementwise work), within 6 ulps of it. Not
+        # float32 ndtri: XLA's is up to about 90 ulps off in the tails.
         return normal32_of_bits
-    # ndtri is evaluated in float64 even for float32 draws: XLA's float32 ndtri is less
-    # accurate than TensorFlow's kernel (up to about 90 float32 ulps in the tails against
-    # 5), and the two would disagree there.
     return lambda u: tf.cast(tf.math.ndtri(u), dtype)
-
-
-def float32_normals():
-    """Within it (per thread, at trace time), float32 normals are `normal32_of_bits`."""
-    return flag_scope(_STATE, "float32")
 
 
 # AS 241's PPND7 [1], the normal quantile to about 1 part in 1e7: a rational function of
