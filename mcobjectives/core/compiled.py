@@ -8,8 +8,9 @@ their sum. Inside `compiled_pieces()`, those pieces (`noise.noise`, `PixelBernou
 log-probability) are each traced as one jit-compiled function, which XLA fuses. The
 values are the same functions, up to float rounding: the noise is XLA's, the same bits
 as in a fully compiled graph (the uniforms are integer arithmetic; the quantile may
-differ from TensorFlow's kernels in its last bits), and the pixel sum is the same sum in another order.
-Eagerly, and inside an XLA computation (which fuses everything anyway), nothing changes.
+differ from TensorFlow's kernels in its last bits), and the pixel sum is the same sum
+in another order. Eagerly, and inside an XLA computation (which fuses everything anyway),
+nothing changes.
 """
 
 from __future__ import annotations
