@@ -32,6 +32,7 @@ __all__ = [
     "standard_normal",
 ]
 
+
 def _check_float(dtype) -> tf.DType:
     try:
         dtype = tf.as_dtype(dtype)
