@@ -138,9 +138,8 @@ def normal_of(dtype):
     """The transform into standard normals of `dtype`: float32 draws read their bits
     (`normal32_of_bits`); float64 draws are `ndtri` of 52-bit uniforms."""
     if dtype == tf.float32:
-        # A float32 quantile, not float64 ndtri rounded: a fraction of its cost (the
-        # noise is most of a small step's elementwise work), within 6 ulps of it. Not
-        # float32 ndtri: XLA's is up to about 90 ulps off in the tails.
+        # A float32 quantile, not float64 ndtri rounded: a fraction of its cost, within
+        # 6 ulps of it. Not float32 ndtri: XLA's is up to about 90 ulps off in the tails.
         return normal32_of_bits
     return lambda u: tf.cast(tf.math.ndtri(u), dtype)
 
