@@ -18,6 +18,7 @@ which draws from results.json alone, starts without them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -157,28 +158,47 @@ def _reset_peak() -> bool:
         return False
 
 
+def _trim_heap() -> bool:
+    """Returns the C heap's free pages to the system (glibc's malloc_trim); False elsewhere."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # its result says only whether pages were freed
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
 def peak_memory(first: Callable[[], None], then: Callable[[], None]) -> dict:
     """Peak resident memory (MB) of `first()`, then of `then()`, over the size before each.
 
     The kernel's peak (VmHWM) is reset right before each: first_call_mb is the peak during
     `first` over the resident size before it, step_mb the peak during `then` over the
     resident size after `first` (the working memory beyond what the process keeps).
+    held_mb is what the process still holds after both, over the size before `first`, once
+    the C heap has returned its free pages (a compiler's freed working memory stays
+    resident in the allocator otherwise): heap (held_anon_mb) and pages of the libraries'
+    code read in at their first use (held_file_mb, shareable). None where the heap cannot
+    be trimmed (not glibc).
     """
     reset = _reset_peak()
-    before = _status_kb("VmRSS")
+    before = {kind: _status_kb(kind) for kind in ("VmRSS", "RssAnon", "RssFile")}
     first()
     first_peak = _status_kb("VmHWM")
     reset = _reset_peak() and reset
     steady = _status_kb("VmRSS")
     then()
     then_peak = _status_kb("VmHWM")
+    trimmed = _trim_heap()
+    held = {k: (_status_kb(k) - kb) / 1024 if trimmed else None for k, kb in before.items()}
     return {
-        "rss_before_first_step_mb": before / 1024,
-        "first_call_mb": (first_peak - before) / 1024,
+        "rss_before_first_step_mb": before["VmRSS"] / 1024,
+        "first_call_mb": (first_peak - before["VmRSS"]) / 1024,
         "rss_after_first_step_mb": steady / 1024,
         "step_mb": (then_peak - steady) / 1024,
         "peak_rss_mb": max(first_peak, then_peak) / 1024,
         "peak_reset_worked": reset,
+        "held_mb": held["VmRSS"],
+        "held_anon_mb": held["RssAnon"],
+        "held_file_mb": held["RssFile"],
     }
 
 

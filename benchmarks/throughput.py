@@ -8,9 +8,10 @@ model's IWAE and DReG steps in JAX (jit, optax) and PyTorch (eager and `torch.co
 peer in its own process (benchmarks/peers/; skipped with a note when its framework is not
 installed). Every configuration runs in the same interleaved rounds, with the matmul
 ceiling of each size ([B K, 200] x [200, 784]) and `mco.log_marginal_estimate`. Also the IWAE
-step over K in `--ks` for our best mode and the peers, the peak memory of one configuration
-per subprocess, and TFP's DReG against `mco.DReG`. Writes `--out_dir`/results.json and prints
-the tables (throughput_report.py); benchmarks/README.md describes the method.
+step over K in `--ks` for our best mode, the hand-written TensorFlow step and the peers,
+the peak memory of one configuration per subprocess, and TFP's DReG against `mco.DReG`.
+Writes `--out_dir`/results.json and prints the tables (throughput_report.py);
+benchmarks/README.md describes the method.
 
     python benchmarks/throughput.py
     python benchmarks/throughput.py --peers=jax --ks=8,64 --rounds=3 --nomemory
@@ -69,7 +70,10 @@ MEMORY_METHOD = (
     "through /proc/self/clear_refs. first_call_mb: peak during the first step (tracing, "
     "compilation, the step) over the resident size before it; step_mb: peak during "
     "--memory_steps further steps over the resident size after the first (the working memory "
-    "of a step beyond what the process keeps). Peers: the same probe in their script"
+    "of a step beyond what the process keeps); held_mb: resident after the steps, once "
+    "glibc's malloc_trim has returned the heap's free pages, over the size before the first "
+    "call, split into heap (held_anon_mb) and file-backed pages, the libraries' code read in "
+    "(held_file_mb). Peers: the same probe in their script"
 )
 
 
@@ -223,8 +227,10 @@ def measure_memory(configs: list[tuple[str, int, int, str]], peers, log=print) -
             log(f"  memory {key}: failed ({code})")
         else:
             results[key] = memory
+            held = memory.get("held_mb")
             log(f"  memory {key}: first call +{memory['first_call_mb']:.0f} MB, step "
-                f"+{memory['step_mb']:.0f} MB")  # fmt: skip
+                f"+{memory['step_mb']:.0f} MB, held "
+                + ("-" if held is None else f"+{held:.0f} MB"))  # fmt: skip
     return results
 
 
@@ -316,7 +322,10 @@ def run_benchmark(batch_sizes, ks, objective_names, jit_modes, peers, ceiling_ro
     batches = {b: parts.batches_of(train, b) for b in batch_sizes}
     names = [HANDWRITTEN] + ([TFP_DREG] if FLAGS.tfp else []) + objective_names
     names += [] if "iwae" in names else ["iwae"]  # the reference of every ratio
-    runner_keys = [(n, k) for n in names] + [("iwae", kk) for kk in ks if kk != k]
+    # The scaling in K: our IWAE, and the hand-written step of the same math, which tells
+    # the library's cost at each K from TensorFlow's own.
+    runner_keys = [(n, k) for n in names]
+    runner_keys += [(n, kk) for kk in ks if kk != k for n in ("iwae", HANDWRITTEN)]
     kinds = {(n, kk): gradient_kind(n, kk) for n, kk in runner_keys}
     items = [
         (MODES[j], parts.step_gflop(kinds[key], b, key[1]))

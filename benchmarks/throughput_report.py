@@ -19,6 +19,7 @@ import _harness
 from _peers import step_key
 
 HANDWRITTEN, TFP_DREG, JAX_IWAE = "handwritten", "tfp_dreg", "jax_iwae"
+HELD = ("held_mb", "held_anon_mb", "held_file_mb")  # memory results; absent in older runs
 OURS = ("mcobjectives", "tensorflow", "tfp")  # frameworks timed in throughput.py's process
 MODE_NAMES = {"tf": "tf.function", "xla": "XLA", "jit": "jax.jit", "eager": "eager"}
 MODE_NAMES["compile"] = "torch.compile"
@@ -94,11 +95,9 @@ def step_rows(items, rounds: int, ceiling: dict) -> list[dict]:
     return rows
 
 
-def best_iwae(rows: list[dict], k: int, b: int) -> dict | None:
-    """Our IWAE step at (K, B) in its faster mode."""
-    ours = [
-        r for r in rows if r["name"] == "iwae" and (r["num_samples"], r["batch_size"]) == (k, b)
-    ]
+def best_iwae(rows: list[dict], k: int, b: int, name: str = "iwae") -> dict | None:
+    """Our IWAE step (or the step `name`) at (K, B) in its faster mode."""
+    ours = [r for r in rows if r["name"] == name and (r["num_samples"], r["batch_size"]) == (k, b)]
     return min(ours, key=lambda r: r["milliseconds_per_step"]["median"], default=None)
 
 
@@ -164,12 +163,16 @@ def log_marginal_rows(items, rounds: int, ceiling: dict) -> list[dict]:
 
 
 def scaling(rows: list[dict], ks: Sequence[int], batch_sizes: Sequence[int]) -> list[dict]:
-    """Our IWAE (best mode) and the peers' IWAE steps at each K and batch size."""
+    """Our IWAE and the hand-written TF step (each in its faster mode) and the peers' IWAE
+    steps at each K and batch size."""
     by_key = {r["key"]: r for r in rows}
     out = []
     for b in batch_sizes:
         for k in ks:
-            found = {"ours_best": best_iwae(rows, k, b)}
+            found = {
+                "ours_best": best_iwae(rows, k, b),
+                "handwritten_best": best_iwae(rows, k, b, HANDWRITTEN),
+            }
             for name, mode in (
                 ("jax_iwae", "jit"),
                 ("torch_iwae", "eager"),
@@ -275,11 +278,15 @@ def print_summary(results: dict) -> None:
             f"ceiling; mean log p^(x) {e['mean_log_px']:.1f}, finite {e['all_finite']}"
         )
     if memory:
-        print("\npeak memory, MB over the resident size: first call (trace, compile, step), step")
+        print(
+            "\npeak memory, MB over the resident size: first call (trace, compile, step), step;"
+            "\nheld after them with the heap trimmed: all, heap, libraries' code"
+        )
         for key, v in memory.items():
             detail = f"error: {v['error']}" if "error" in v else (
                 f"{v['first_call_mb']:>8.0f}{v['step_mb']:>8.0f}   "
-                f"(peak RSS {v['peak_rss_mb']:.0f})"
+                + "".join(f"{_f(v.get(h), '.0f'):>6}" for h in HELD)
+                + f"   (peak RSS {v['peak_rss_mb']:.0f})"
             )  # fmt: skip
             print(f"  {key:<36}{detail}")
     for name, peer in results.get("peers", {}).items():
@@ -327,7 +334,9 @@ def print_scaling(cells: list[dict]) -> None:
             if len(line) > 1 and line[-1] and line[-2]:
                 ratio = line[-1]["milliseconds_per_step"] / line[-2]["milliseconds_per_step"]
             mode = (
-                "" if impl != "ours_best" or not line[-1] else "/" + line[-1]["key"].split("/")[-1]
+                ""
+                if not impl.endswith("_best") or not line[-1]
+                else "/" + line[-1]["key"].split("/")[-1]
             )
             print(f"{impl + mode:<22}{b:>4}{text}{_f(ratio):>8}")
 

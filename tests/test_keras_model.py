@@ -540,6 +540,7 @@ _MIRRORED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # by default, tests/test_examples.py compares a mirrored run with one device
 def test_mirrored_fit_with_per_example_seeds_and_a_learnable_beta_equals_one_device(tmp_path):
     """Two CPU replicas (a subprocess, which can split the CPU before TF starts) fit the
     model that one device fits on the same global batches and per-example seeds."""

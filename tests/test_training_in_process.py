@@ -227,7 +227,8 @@ LATENT_UNITS = {"two_layer": {"z1": 100, "z2": 50}, "sbn": {"z1": 200, "z2": 200
 
 
 @pytest.mark.parametrize(
-    ("architecture", "objective"), [("two_layer", "dreg"), ("sbn", "rws"), ("sbn", "vimco")]
+    ("architecture", "objective"),
+    [("two_layer", "dreg"), ("sbn", "rws"), pytest.param("sbn", "vimco", marks=pytest.mark.slow)],
 )
 def test_architectures_train_under_xla(architecture, objective, data, tmp_path):
     """The two-layer model (DReG) and the sigmoid belief net (RWS, VIMCO: discrete
