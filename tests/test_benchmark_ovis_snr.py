@@ -10,11 +10,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.benchmark_cli import load_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # OVIS itself is checked against its derivation in tests/test_ovis.py
 def test_a_tiny_run_writes_every_estimator_slope_and_the_figure(tmp_path):
     script = load_script("ovis_snr").__file__
     completed = subprocess.run(

@@ -184,7 +184,11 @@ def test_a_run_already_stalled_when_fit_starts_stops_it_at_the_first_batch():
 # --- fit and evaluate with one step per execution: the step's own function --------------
 
 
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["tf.function", "xla"])
+@pytest.mark.parametrize(
+    "jit_compile",
+    [False, pytest.param(True, marks=pytest.mark.slow)],  # XLA: test_fit_under_xla_... above
+    ids=["tf.function", "xla"],
+)
 def test_one_step_per_execution_gives_the_weights_logs_and_evaluation_of_keras_functions(
     jit_compile, monkeypatch
 ):
