@@ -175,9 +175,9 @@ def peak_memory(first: Callable[[], None], then: Callable[[], None]) -> dict:
     resident size after `first` (the working memory beyond what the process keeps).
     held_mb is what the process still holds after both, over the size before `first`, once
     the C heap has returned its free pages (a compiler's freed working memory stays
-    resident in the allocator otherwise): heap (held_anon_mb) and pages of the libraries'
-    code read in at their first use (held_file_mb, shareable). None where the heap cannot
-    be trimmed (not glibc).
+    resident in the allocator otherwise): anonymous memory (held_anon_mb: the heap, JIT
+    code, thread stacks) and pages of the libraries' code read in at their first use
+    (held_file_mb, shareable). None where the heap cannot be trimmed (not glibc).
     """
     reset = _reset_peak()
     before = {kind: _status_kb(kind) for kind in ("VmRSS", "RssAnon", "RssFile")}
@@ -234,7 +234,7 @@ def machine_info() -> dict:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         command = ["git", "-C", str(ROOT), "describe", "--always", "--dirty"]
         commit = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout.strip()
-    sources = sorted((ROOT / "mcobjectives").glob("*.py"))
+    sources = sorted((ROOT / "mcobjectives").rglob("*.py"))  # every module, subpackages too
     return {
         "tensorflow": tf.__version__,
         "tensorflow_probability": tfp.__version__,

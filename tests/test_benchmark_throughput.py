@@ -332,9 +332,11 @@ def test_checks_memory_and_evaluation_are_finite(results):
         assert math.isfinite(tfp_check[part]["mean_t_squared"])
     memory = results["memory"]["iwae/k8/b4/tf"]
     assert _positive_finite(memory["peak_rss_mb"])
-    # What the process holds once the heap is trimmed is at most the peaks above it.
-    assert math.isfinite(memory["held_anon_mb"] + memory["held_file_mb"])
-    assert memory["held_mb"] <= memory["first_call_mb"] + memory["step_mb"] + 1.0
+    # What the process holds once the heap is trimmed is at most the peaks above it (None
+    # where the C library cannot trim its heap).
+    if memory["held_mb"] is not None:
+        assert math.isfinite(memory["held_anon_mb"] + memory["held_file_mb"])
+        assert memory["held_mb"] <= memory["first_call_mb"] + memory["step_mb"] + 1.0
     (evaluation,) = results["log_marginal"]
     assert evaluation["images"] == 2 and evaluation["all_finite"]
     assert evaluation["mean_log_px"] < 0

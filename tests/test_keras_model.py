@@ -650,3 +650,29 @@ def test_make_train_step_builds_an_unbuilt_model_at_its_first_step(mode):
     assert bool(step(tf.constant(TRAIN[:BATCH]))["finite"])
     assert bool(step(tf.constant(TRAIN[BATCH : 2 * BATCH]))["finite"])
     assert int(model.optimizer.iterations) == 2
+
+
+def test_make_train_step_traces_once_for_every_form_of_a_batch_of_images_alone():
+    """x, (x,), {"x": x}, Keras's (x, None, None) and an array are one batch: no trace
+    after the first step's, and the steps they take are the steps the tensor takes."""
+    forms = [
+        lambda x: x,
+        lambda x: (x,),
+        lambda x: {"x": x},
+        lambda x: (x, None, None),
+        lambda x: x.numpy(),
+    ]
+    weights = []
+    for wrap in (lambda x: x, None):
+        keras.utils.set_random_seed(0)  # the same initial weights for both
+        model = _model(mco.IWAE(K))
+        step = mco.make_train_step(model, keras.optimizers.Adam(), jit_compile=False)
+        traces = []
+        for i, form in enumerate(forms):
+            x = tf.constant(TRAIN[i * BATCH : (i + 1) * BATCH])
+            assert bool(step((wrap or form)(x))["finite"])
+            traces.append(step.experimental_get_tracing_count())
+        assert traces[1:] == traces[:1] * (len(forms) - 1)  # the first step made the slots
+        weights.append([v.numpy() for v in model.trainable_variables])
+    for as_tensor, as_given in zip(*weights, strict=True):
+        np.testing.assert_array_equal(as_given, as_tensor)

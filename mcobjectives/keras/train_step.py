@@ -211,19 +211,22 @@ class _TrainStep:
         self._steps_per_call = steps_per_call
 
     def __call__(self, batch) -> dict[str, tf.Tensor]:
-        # The checks unpack the batch; the function takes it as given, since binding a
-        # bare tensor costs less per call than binding the unpacked tuple.
         n = self._steps_per_call
         if n > 1:  # before the steps are traced: N stacked batches, each of the model's shape
+            batch = _unpack_stacked(batch)
             x, context, seed = (
                 None if t is None else _per_step(name, t, n)
-                for name, t in zip(("x", "context", "seed"), _unpack_stacked(batch), strict=True)
+                for name, t in zip(("x", "context", "seed"), batch, strict=True)
             )
             batches.unpack({"x": x, "seed": seed})  # one step's seeds: [B, 2]
             self._model.check_batch_shapes(x, context)
         elif self._check_shapes:  # before the step is traced (a distributed batch: inside it)
-            unpacked = batches.unpack(batch)
-            self._model.check_batch_shapes(unpacked.x, unpacked.context)
+            batch = batches.unpack(batch)
+            self._model.check_batch_shapes(batch.x, batch.context)
+        if isinstance(batch, batches.Batch) and batch.context is None and batch.seed is None:
+            # x alone: binding a tensor costs less per call than binding the tuple, and
+            # every form of the same batch (x, (x,), {"x": x}) shares one trace.
+            batch = batch.x
         logs = self._step(batch)
         self._model.raise_if_stalled()
         return logs
