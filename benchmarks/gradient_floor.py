@@ -5,10 +5,10 @@ variable enters: Burda et al.'s MNIST model (the peers' weights, `peers/jax_step
 gradient of the IWAE loss in the weights given as tensors, with the noise given too, so
 both frameworks compute the same numbers. Each framework runs in its own process (as the
 peers of throughput.py do), `--rounds` times in turn; a process warms up (trace, compile),
-then times `--steps` calls, each waited for. The report gives the minimum and median ms
-per call of each, their ratio (TensorFlow / JAX), and the two losses and gradients (their
-projections on fixed random directions) on the same weights and noise, which agree to
-float32 rounding.
+then times `--steps` calls, each waited for. The report gives the minimum and median over
+the processes of each one's mean ms per call, their ratio (TensorFlow / JAX), and the two
+losses and gradients (their projections on fixed random directions) on the same weights and
+noise, which agree to float32 rounding.
 
     python benchmarks/gradient_floor.py --ks 1,64 --batch_size 20
 
@@ -101,10 +101,14 @@ def child(framework: str, k: int, batch_size: int, steps: int, seed: int) -> dic
     """In a fresh process: warm up, time `steps` calls, check the numbers."""
     layers, x, eps = weights_and_data(k, batch_size, seed)
     call, check = (tf_gradient if framework == "tensorflow" else jax_gradient)(layers)
-    if framework == "jax":
+    if framework == "jax":  # the inputs made once, on each framework's side
         import jax.numpy as jnp
 
         x, eps = jnp.asarray(x), jnp.asarray(eps)
+    else:
+        import tensorflow as tf
+
+        x, eps = tf.constant(x), tf.constant(eps)
     for _ in range(10):
         call(x, eps)
     start = time.perf_counter()
@@ -130,9 +134,11 @@ def measure(frameworks, k: int, batch_size: int, steps: int, rounds: int, seed: 
         for framework in frameworks:
             args = ["--child", framework, "--ks", str(k), "--batch_size", str(batch_size),
                     "--steps", str(steps), "--seed", str(seed)]  # fmt: skip
-            out = subprocess.run([sys.executable, __file__, *args], capture_output=True,
-                                 text=True, check=True).stdout  # fmt: skip
-            runs[framework].append(json.loads(out.split(PREFIX, 1)[1]))
+            done = subprocess.run([sys.executable, __file__, *args], capture_output=True,
+                                  text=True)  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(f"the {framework} process failed:\n{done.stderr[-3000:]}")
+            runs[framework].append(json.loads(done.stdout.split(PREFIX, 1)[1]))
     summary = {}
     for framework, results in runs.items():
         times = [r["milliseconds"] for r in results]
