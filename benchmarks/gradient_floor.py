@@ -50,7 +50,7 @@ def weights_and_data(k: int, batch_size: int, seed: int):
 def tf_gradient(layers):
     """(x, eps) -> (loss, gradients): TensorFlow, one XLA computation."""
     import tensorflow as tf
-    from throughput_steps import _mlp
+    from throughput_steps import iwae_loss_of_noise
 
     weights = [(tf.constant(kernel), tf.constant(bias)) for kernel, bias in layers]
     n = len(_peers.ENCODER)
@@ -59,16 +59,7 @@ def tf_gradient(layers):
     def gradient(weights, x, eps):
         with tf.GradientTape() as tape:
             tape.watch(weights)
-            loc, raw_scale = tf.split(_mlp(x, weights[:n]), 2, axis=-1)
-            scale = tf.nn.softplus(raw_scale) + _peers.MIN_SCALE
-            z = loc + scale * eps
-            log_q = tf.reduce_sum(-0.5 * tf.square(eps) - tf.math.log(scale), axis=-1)
-            k, batch = tf.shape(eps)[0], tf.shape(eps)[1]  # a 2-D matmul, as the library's
-            logits = tf.reshape(_mlp(tf.reshape(z, [k * batch, -1]), weights[n:]), [k, batch, -1])
-            log_px = tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=-1)
-            log_w = tf.reduce_sum(-0.5 * tf.square(z), axis=-1) + log_px - log_q
-            log_k = tf.math.log(tf.cast(k, tf.float32))
-            loss = -tf.reduce_mean(tf.reduce_logsumexp(log_w, axis=0) - log_k)
+            loss = iwae_loss_of_noise(weights[:n], weights[n:], _peers.MIN_SCALE, x, eps)
         return loss, tape.gradient(loss, weights)
 
     def run(x, eps):

@@ -72,7 +72,8 @@ MEMORY_METHOD = (
     "--memory_steps further steps over the resident size after the first (the working memory "
     "of a step beyond what the process keeps); held_mb: resident after the steps, once "
     "glibc's malloc_trim has returned the heap's free pages, over the size before the first "
-    "call, split into heap (held_anon_mb) and file-backed pages, the libraries' code read in "
+    "call, split into anonymous memory (held_anon_mb) and file-backed pages, the libraries' "
+    "code read in "
     "(held_file_mb). Peers: the same probe in their script"
 )
 

@@ -280,7 +280,7 @@ def print_summary(results: dict) -> None:
     if memory:
         print(
             "\npeak memory, MB over the resident size: first call (trace, compile, step), step;"
-            "\nheld after them with the heap trimmed: all, heap, libraries' code"
+            "\nheld after them with the heap trimmed: all, anonymous, libraries' code"
         )
         for key, v in memory.items():
             detail = f"error: {v['error']}" if "error" in v else (

@@ -162,26 +162,34 @@ def _mlp(h: tf.Tensor, weights: list) -> tf.Tensor:
     return h
 
 
-def handwritten_iwae_loss(encoder, decoder, num_samples: int, noise=tf_normal) -> Callable:
-    """(x, seed) -> -mean IWAE bound, in plain TensorFlow on the library layers' weights.
+def iwae_loss_of_noise(encoder_weights, decoder_weights, min_scale, x, eps) -> tf.Tensor:
+    """-mean IWAE bound of the MLPs' [(kernel, bias)] at noise eps [K, B, D], plain TF.
 
-    log q from the noise itself, hand-written Gaussian and Bernoulli log densities.
+    log q from the noise itself, hand-written Gaussian and Bernoulli log densities; K must
+    be static (eps.shape[0]).
     """
+    num_samples, batch = eps.shape[0], tf.shape(x)[0]
+    loc, raw_scale = tf.split(_mlp(x, encoder_weights), 2, axis=-1)
+    scale = tf.nn.softplus(raw_scale) + min_scale
+    z = loc + scale * eps  # [K, B, D]; (z - loc) / scale = eps, of total derivative 0
+    log_q = tf.reduce_sum(-0.5 * tf.square(eps) - tf.math.log(scale), axis=-1)
+    log_prior = tf.reduce_sum(-0.5 * tf.square(z), axis=-1)
+    logits = _mlp(tf.reshape(z, [-1, LATENT_SIZE]), decoder_weights)  # a 2-D matmul
+    logits = tf.reshape(logits, [num_samples, batch, PIXELS])
+    log_likelihood = tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=-1)
+    log_w = log_prior + log_likelihood - log_q  # the 0.5 D log 2 pi terms cancel
+    return -tf.reduce_mean(tf.reduce_logsumexp(log_w, axis=0) - math.log(num_samples))
+
+
+def handwritten_iwae_loss(encoder, decoder, num_samples: int, noise=tf_normal) -> Callable:
+    """(x, seed) -> -mean IWAE bound, in plain TensorFlow on the library layers' weights
+    (`iwae_loss_of_noise` at the noise of `seed`)."""
     encoder_weights, decoder_weights = _dense_weights(encoder.net), _dense_weights(decoder.net)
 
     def loss(x, seed):
-        batch = tf.shape(x)[0]
-        loc, raw_scale = tf.split(_mlp(x, encoder_weights), 2, axis=-1)
-        scale = tf.nn.softplus(raw_scale) + encoder.min_scale
-        eps = noise(tf.stack([num_samples, batch, LATENT_SIZE]), seed)
-        z = loc + scale * eps  # [K, B, D]; (z - loc) / scale = eps, of total derivative 0
-        log_q = tf.reduce_sum(-0.5 * tf.square(eps) - tf.math.log(scale), axis=-1)
-        log_prior = tf.reduce_sum(-0.5 * tf.square(z), axis=-1)
-        logits = _mlp(tf.reshape(z, [-1, LATENT_SIZE]), decoder_weights)
-        logits = tf.reshape(logits, [num_samples, batch, PIXELS])
-        log_likelihood = tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=-1)
-        log_w = log_prior + log_likelihood - log_q  # the 0.5 D log 2 pi terms cancel
-        return -tf.reduce_mean(tf.reduce_logsumexp(log_w, axis=0) - math.log(num_samples))
+        eps = noise(tf.stack([num_samples, tf.shape(x)[0], LATENT_SIZE]), seed)
+        eps = tf.ensure_shape(eps, [num_samples, None, LATENT_SIZE])
+        return iwae_loss_of_noise(encoder_weights, decoder_weights, encoder.min_scale, x, eps)
 
     return loss
 
