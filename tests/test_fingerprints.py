@@ -44,10 +44,10 @@ def test_every_stored_fingerprint_is_computed_again(stored, fresh):
     assert sorted(stored) == sorted(fresh)
 
 
-FLOAT32_ULPS = 64  # float32 eps times an entry's largest magnitude, see above
+FLOAT32_EPS = 64  # float32 eps times an entry's largest magnitude, see above
 
 
-def _ulps_of_largest(fresh: np.ndarray, value: np.ndarray) -> float:
+def _eps_of_largest(fresh: np.ndarray, value: np.ndarray) -> float:
     """The largest difference, in float32 eps times `value`'s largest magnitude."""
     scale = np.finfo(np.float32).eps * max(float(np.max(np.abs(value), initial=0.0)), 1e-30)
     return float(np.max(np.abs(fresh.astype(np.float64) - value), initial=0.0)) / scale
@@ -56,7 +56,7 @@ def _ulps_of_largest(fresh: np.ndarray, value: np.ndarray) -> float:
 def test_draws_losses_gradients_and_trained_weights_equal_the_recorded_ones(stored, fresh):
     exact = [key for key in stored if np.array_equal(stored[key], fresh[key])]
     float32 = {
-        key: _ulps_of_largest(fresh[key], v) for key, v in stored.items() if v.dtype == np.float32
+        key: _eps_of_largest(fresh[key], v) for key, v in stored.items() if v.dtype == np.float32
     }
     worst = max(float32, key=float32.get)
     print(
@@ -65,6 +65,6 @@ def test_draws_losses_gradients_and_trained_weights_equal_the_recorded_ones(stor
     )
     for key, value in stored.items():
         assert fresh[key].shape == value.shape and fresh[key].dtype == value.dtype, key
-        if key in float32 and float32[key] <= FLOAT32_ULPS:
+        if key in float32 and float32[key] <= FLOAT32_EPS:
             continue
         np.testing.assert_allclose(fresh[key], value, rtol=1e-6, atol=1e-9, err_msg=key)
